@@ -1,0 +1,1 @@
+"""On-device streaming detectors: audio synthesis, causal features, small models, losses, quantisers, runtime."""
