@@ -1,0 +1,5 @@
+"""KV caches."""
+
+from leaninfer.cache.kv import KVCache
+
+__all__ = ["KVCache"]

@@ -1,0 +1,84 @@
+"""Static, preallocated KV cache with explicit rollback.
+
+Layout: k, v of shape (L, B, H_kv, S, D) and `pos` (B, S), the position id of each slot (-1 = empty or
+padding). All rows of a batch share the write slot; rows with shorter prompts are left-padded and their
+padded slots carry position -1, so attention masks skip them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if max_len <= 0 or batch <= 0:
+            raise ValueError(f"max_len and batch must be positive, got {max_len}, {batch}")
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = torch.full((batch, max_len), -1, dtype=torch.long, device=device)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.pos.shape[1]
+
+    @property
+    def batch(self) -> int:
+        return self.pos.shape[0]
+
+    def reserve(self, start: int, positions: torch.Tensor) -> torch.Tensor:
+        """Claim slots [start, start + T) for tokens at `positions` (B, T); returns key positions (B, start+T)."""
+        T = positions.shape[1]
+        if start < 0 or start > self.length:
+            raise ValueError(f"start slot {start} outside the filled cache (length {self.length})")
+        if start + T > self.max_len:
+            raise ValueError(f"cache overflow: {start + T} slots needed, {self.max_len} allocated")
+        self.pos[:, start : start + T] = positions
+        self.length = max(self.length, start + T)
+        return self.pos[:, : start + T]
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, D) at slots [start, start+T) of `layer`; return views (B, H, start+T, D)."""
+        end = start + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def rollback(self, n: int) -> None:
+        """Forget the last n slots (rejected speculative tokens)."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot roll back {n} of {self.length} slots")
+        self.length -= n
+        self.pos[:, self.length :] = -1
+
+    def keep(self, start: int, slots: torch.Tensor) -> None:
+        """Compact: keep slots `slots` (sorted, all >= start) of the block from `start` and drop the rest.
+
+        Used after tree verification so that only the accepted path stays in the cache.
+        """
+        n = slots.numel()
+        idx = slots.to(self.pos.device)
+        self.k[:, :, :, start : start + n] = self.k[:, :, :, idx]
+        self.v[:, :, :, start : start + n] = self.v[:, :, :, idx]
+        self.pos[:, start : start + n] = self.pos[:, idx]
+        self.length = start + n
+        self.pos[:, self.length :] = -1
+
+    def reset(self) -> None:
+        self.length = 0
+        self.pos.fill_(-1)
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache tensors."""
+        return self.k.nbytes + self.v.nbytes + self.pos.nbytes

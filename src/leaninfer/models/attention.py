@@ -1,0 +1,130 @@
+"""Attention pieces: RMSNorm, RoPE tables, attention masks from positions, GQA attention.
+
+Masks are built from *positions*, not slot order, so one rule covers causal decoding, sliding windows,
+left-padded batches, rolled-back caches and custom masks (token trees, mask blocks).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leaninfer.models.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32; scales by (offset + weight) (Gemma uses offset 1)."""
+
+    def __init__(self, dim: int, eps: float, offset: float = 0.0) -> None:
+        super().__init__()
+        self.eps = eps
+        self.offset = offset
+        self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * (self.offset + self.weight.float())).to(x.dtype)
+
+
+def rope_table(base: float, head_dim: int, max_len: int, scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (max_len, head_dim) in fp32 for the rotate-half RoPE convention."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    t = torch.arange(max_len, dtype=torch.float32) / scaling
+    freqs = torch.outer(t, inv_freq)  # (S, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (S, D)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (B, T, D) gathered at each token's position."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def build_mask(
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    window: int | None = None,
+    block_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Boolean attention mask (B, 1, T, S), True = attend.
+
+    q_pos: (B, T) positions of the new tokens (-1 marks padding).
+    k_pos: (B, S) positions of every key slot (-1 marks empty or padded slots); the last T slots are the
+        new tokens themselves.
+    window: sliding window; a query sees keys with q - k < window.
+    block_mask: optional (T, T) or (B, T, T) mask among the new tokens (trees, mask blocks); it replaces the
+        causal rule inside the new block. Keys before the block follow the position rule.
+    """
+    T, S = q_pos.shape[1], k_pos.shape[1]
+    qp, kp = q_pos[:, :, None], k_pos[:, None, :]  # (B, T, 1), (B, 1, S)
+    mask = (kp >= 0) & (kp <= qp)
+    if window is not None:
+        mask &= (qp - kp) < window
+    if block_mask is not None:
+        block = block_mask if block_mask.dim() == 3 else block_mask[None]
+        new = (k_pos[:, None, S - T:] >= 0) & block.to(torch.bool)
+        if window is not None:
+            new &= (qp - k_pos[:, None, S - T:]) < window
+        mask = torch.cat([mask[:, :, : S - T], new.expand(mask.shape[0], T, T)], dim=-1)
+    # a padded query attends to itself only, so no row is empty (its output is ignored)
+    pad = (q_pos < 0)[:, :, None]
+    if bool(pad.any()):
+        eye = torch.zeros(1, T, S, dtype=torch.bool, device=mask.device)
+        eye[0, torch.arange(T), torch.arange(S - T, S)] = True
+        mask = torch.where(pad, eye, mask)
+    return mask[:, None]
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with optional QK-norm, QKV bias and a per-layer RoPE base."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layer = layer
+        hd, nh, nkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        self.q_proj = nn.Linear(cfg.dim, nh * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.dim, nkv * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.dim, nkv * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(nh * hd, cfg.dim, bias=False)
+        if cfg.qk_norm == "head":
+            self.q_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_offset)
+            self.k_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_offset)
+        elif cfg.qk_norm == "full":
+            self.q_norm = RMSNorm(nh * hd, cfg.norm_eps, cfg.norm_offset)
+            self.k_norm = RMSNorm(nkv * hd, cfg.norm_eps, cfg.norm_offset)
+        self.sliding = cfg.layer_types[layer] == "sliding"
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        cache=None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        """x: (B, T, dim); cos/sin: (B, T, D); mask: (B, 1, T, S). Returns (B, T, dim)."""
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if cfg.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        if cfg.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.write(self.layer, start, k, v)  # (B, Hkv, S, D)
+        out = F.scaled_dot_product_attention(
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=cfg.scale,
+            enable_gqa=cfg.n_heads != cfg.n_kv_heads,
+        )  # (B, H, T, D)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim))

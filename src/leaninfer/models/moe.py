@@ -1,0 +1,96 @@
+"""Mixture-of-experts feed-forward: router + stacked experts. Top-k, renormalisation and routing noise are
+call arguments, so one checkpoint can be dialled per request, per call or per layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leaninfer.models.config import ModelConfig
+
+
+@dataclass
+class Routing:
+    """Per-call routing options. None means the checkpoint's native behaviour."""
+
+    top_k: int | None = None
+    renorm: bool | None = None
+    noise: torch.Tensor | None = None  # added to router log-probs before top-k (e.g. scaled Gumbel noise)
+
+
+def act_fn(name: str):
+    return F.silu if name == "silu" else (lambda x: F.gelu(x, approximate="tanh"))
+
+
+def route(
+    logits: torch.Tensor, top_k: int, renorm: bool, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure routing: logits (N, E) -> (weights (N, k), expert ids (N, k)).
+
+    Experts are chosen by top-k of log-softmax + noise; weights are the clean softmax probabilities of the
+    chosen experts, renormalised to sum to one when `renorm`.
+    """
+    probs = torch.softmax(logits.float(), dim=-1)
+    if noise is None:
+        weights, idx = torch.topk(probs, top_k, dim=-1)
+    else:
+        idx = torch.topk(torch.log(probs.clamp_min(1e-30)) + noise.float(), top_k, dim=-1).indices
+        weights = probs.gather(-1, idx)
+    if renorm:
+        weights = weights / weights.sum(-1, keepdim=True)
+    return weights, idx
+
+
+class MoE(nn.Module):
+    """Sparse FFN. Experts are stacked: gate_up (E, 2I, D), down (E, D, I); optional gated shared expert."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        E, D, I = cfg.n_experts, cfg.dim, cfg.moe_intermediate_size or cfg.intermediate_size
+        self.router = nn.Linear(D, E, bias=False)
+        self.gate_up = nn.Parameter(torch.zeros(E, 2 * I, D))
+        self.down = nn.Parameter(torch.zeros(E, D, I))
+        self.act = act_fn(cfg.act)
+        if cfg.shared_expert_intermediate_size:
+            from leaninfer.models.transformer import MLP
+
+            self.shared = MLP(D, cfg.shared_expert_intermediate_size, cfg.act)
+            self.shared_gate = nn.Linear(D, 1, bias=False)
+        else:
+            self.shared = None
+
+    def forward(self, x: torch.Tensor, routing: Routing | None = None) -> torch.Tensor:
+        """x: (B, T, D) -> (B, T, D). Cost grows with top_k: only chosen experts run."""
+        routing = routing or Routing()
+        B, T, D = x.shape
+        flat = x.reshape(-1, D)  # (N, D)
+        k = routing.top_k or self.cfg.top_k
+        if not 0 < k <= self.cfg.n_experts:
+            raise ValueError(f"top_k must be in 1..{self.cfg.n_experts}, got {k}")
+        renorm = self.cfg.norm_topk_prob if routing.renorm is None else routing.renorm
+        noise = None if routing.noise is None else routing.noise.reshape(-1, self.cfg.n_experts)
+        weights, idx = route(self.router(flat), k, renorm, noise)  # (N, k)
+        out = self._experts(flat, weights.to(flat.dtype), idx)
+        if self.shared is not None:
+            out = out + torch.sigmoid(self.shared_gate(flat)) * self.shared(flat)
+        return out.view(B, T, D)
+
+    def _experts(self, flat: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        N, k = idx.shape
+        if N * k <= 8:  # decode: gather only the chosen experts' weights
+            gu = self.gate_up[idx.reshape(-1)]  # (N*k, 2I, D)
+            h = torch.bmm(gu, flat.repeat_interleave(k, 0)[:, :, None]).squeeze(-1)  # (N*k, 2I)
+            g, u = h.chunk(2, dim=-1)
+            y = torch.bmm(self.down[idx.reshape(-1)], (self.act(g) * u)[:, :, None]).squeeze(-1)  # (N*k, D)
+            return (y.view(N, k, -1) * weights[:, :, None]).sum(1)
+        out = torch.zeros_like(flat)
+        for e in torch.unique(idx).tolist():  # prefill: group tokens by expert
+            rows, slot = torch.where(idx == e)
+            g, u = F.linear(flat[rows], self.gate_up[e]).chunk(2, dim=-1)
+            y = F.linear(self.act(g) * u, self.down[e])
+            out.index_add_(0, rows, y * weights[rows, slot, None])
+        return out

@@ -1,0 +1,46 @@
+"""Tiny random-initialised Hugging Face reference models, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+
+TINY = dict(vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=48, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def hf_config(arch: str):
+    import transformers as tf
+
+    if arch == "gemma3":
+        return tf.Gemma3TextConfig(**TINY, head_dim=16, sliding_window=5, query_pre_attn_scalar=12,
+                                   layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    if arch == "llama":
+        return tf.LlamaConfig(**TINY, rope_theta=500.0)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**TINY)
+    if arch == "mistral":
+        return tf.MistralConfig(**TINY, sliding_window=6)
+    if arch == "olmoe":
+        return tf.OlmoeConfig(**TINY, num_experts=6, num_experts_per_tok=2)
+    if arch == "qwen2_moe":
+        return tf.Qwen2MoeConfig(**TINY, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24,
+                                 shared_expert_intermediate_size=40)
+    if arch == "mixtral":
+        return tf.MixtralConfig(**TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=None)
+    raise ValueError(arch)
+
+
+def hf_model(arch: str, seed: int = 0):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cfg = hf_config(arch)
+    cfg._attn_implementation = "eager"
+    model = tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    with torch.no_grad():  # larger than default init so differences show
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model
+
+
+ARCHES = ["gemma3", "llama", "qwen2", "mistral", "olmoe", "qwen2_moe", "mixtral"]
