@@ -1,0 +1,166 @@
+"""`Engine`: a loaded model + tokenizer with `generate()`; `load()` builds one from a name or path."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from leaninfer.generate.loop import TextStream
+from leaninfer.generate.methods import METHODS
+from leaninfer.generate.sampling import SamplingConfig
+from leaninfer.io import ModelLoadError
+from leaninfer.io.store import quantized_path, read_model_config, read_model_dir, resolve
+from leaninfer.io.tokenizer import Tokenizer
+from leaninfer.models.build import build_decoder
+from leaninfer.models.config import ModelConfig
+from leaninfer.models.quant import PRECISIONS, quantize_model
+from leaninfer.models.transformer import Decoder
+
+# The fastest precision whose perplexity stays within 1% of fp32 on the default model (reports/precision.md).
+DEFAULT_PRECISION = "int8"
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]  # generated ids only
+    text: str
+    stats: dict = field(default_factory=dict)
+    finish_reason: str = "length"
+
+
+class Engine:
+    def __init__(self, model: Decoder, tokenizer: Tokenizer | None, precision: str, source: str = "") -> None:
+        self.model, self.tokenizer, self.precision, self.source = model, tokenizer, precision, source
+        eos = set(model.cfg.eos_token_ids)
+        if tokenizer is not None:
+            eos |= set(tokenizer.eos_ids)
+            eot = tokenizer.token_id("<end_of_turn>")
+            if eot is not None:
+                eos.add(eot)
+        self.eos_ids = eos
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.model.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed.weight.device
+
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer: pass token ids")
+            if not prompt:
+                raise ValueError("empty prompt")
+            return self.tokenizer.encode(prompt)
+        ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("empty prompt")
+        if min(ids) < 0 or max(ids) >= self.cfg.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size})")
+        return ids
+
+    def chat_prompt(self, user_text: str) -> str:
+        """Wrap a user message in Gemma's chat turn format when the vocabulary has it."""
+        if self.tokenizer is not None and self.tokenizer.token_id("<start_of_turn>") is not None:
+            return f"<start_of_turn>user\n{user_text}<end_of_turn>\n<start_of_turn>model\n"
+        return user_text
+
+    def generate(
+        self,
+        prompt: str | list[int],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        method: str = "ar",
+        stream: Callable[[str], None] | None = None,
+        eos: bool = True,
+        **method_options,
+    ) -> GenerationResult:
+        """Generate up to `max_new_tokens` after `prompt` (text or ids) with a decoding `method`.
+
+        `stream(text)` receives text increments as they are produced. Stats: tokens_per_s (new tokens / wall
+        time from the call to the last token), ttft_s, tpot_s ((e2e - ttft) / (n - 1)), mean_accepted_tokens
+        (new tokens per target forward after prefill; 1.00 for plain decoding), prompt_tokens, new_tokens.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+        ids = self.encode(prompt)
+        if len(ids) + max_new_tokens > self.cfg.max_seq_len:
+            raise ValueError(f"prompt ({len(ids)}) + max_new_tokens ({max_new_tokens}) exceeds the context "
+                             f"({self.cfg.max_seq_len})")
+        sampling = SamplingConfig(temperature, top_k, top_p, seed)
+        text_stream = TextStream(self.tokenizer.decode, stop, stream) if self.tokenizer else None
+        on_token = text_stream.push if text_stream and (stop or stream) else None
+        t0 = time.perf_counter()
+        out = METHODS[method](self, ids, max_new_tokens, sampling, self.eos_ids if eos else set(), on_token,
+                              **method_options)
+        e2e = time.perf_counter() - t0
+        tokens = out.tokens
+        if text_stream is not None:
+            text = text_stream.finish() if on_token else self.tokenizer.decode(tokens)
+        else:
+            text = ""
+        n = len(tokens)
+        decode_forwards = max(out.target_forwards - 1, 1)
+        stats = {
+            "method": method,
+            "prompt_tokens": len(ids),
+            "new_tokens": n,
+            "e2e_s": e2e,
+            "tokens_per_s": n / e2e if e2e > 0 else float("nan"),
+            "ttft_s": out.ttft_s,
+            "tpot_s": (e2e - out.ttft_s) / (n - 1) if n > 1 else float("nan"),
+            "target_forwards": out.target_forwards,
+            "mean_accepted_tokens": (n - 1) / decode_forwards if n > 1 else 1.0,
+            **getattr(out, "extra", {}),
+        }
+        return GenerationResult(tokens, text, stats, out.finish_reason)
+
+
+def _load_model(folder: Path, precision: str) -> tuple[Decoder, Tokenizer | None]:
+    """Build the model at `precision`; quantised weights are computed once and cached beside the fp32 ones."""
+    from safetensors.torch import load_file, save_file
+
+    qfile = quantized_path(folder, precision) if precision != "fp32" else None
+    if qfile is not None and qfile.exists():
+        cfg, tok = read_model_config(folder)
+        with torch.device("meta"):
+            model = quantize_model(Decoder(cfg), precision, empty=True)
+        model.load_state_dict(load_file(str(qfile)), assign=True, strict=True)
+        return model.eval(), tok
+    cfg, state, tok = read_model_dir(folder)
+    model = build_decoder(cfg, state)
+    if qfile is not None:
+        quantize_model(model, precision)
+        tmp = qfile.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        tmp.rename(qfile)
+    return model, tok
+
+
+def load(name_or_path: str | Path = "default", precision: str | None = None, device: str | None = None) -> Engine:
+    """Load a model by name ("default") or path (GGUF file, HF folder, converted folder) into an `Engine`.
+
+    precision: "fp32" (exact reference), "bf16", "int8" or "int4" weight-only; None = DEFAULT_PRECISION.
+    """
+    precision = precision or DEFAULT_PRECISION
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    folder = resolve(name_or_path)
+    if precision != "fp32" and device not in (None, "cpu"):
+        raise ModelLoadError("weight-only quantised kernels are CPU kernels; use precision='fp32' on CUDA")
+    model, tok = _load_model(folder, precision)
+    if device:
+        model = model.to(device)
+    return Engine(model, tok, precision, str(folder))

@@ -1,0 +1,1 @@
+"""Generation: sampling (pure functions), the autoregressive loop, and later speculative methods."""
