@@ -8,12 +8,13 @@ TINY = dict(vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_he
             intermediate_size=48, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
-def hf_config(arch: str):
+def hf_config(arch: str, **overrides):
     import transformers as tf
 
     if arch == "gemma3":
-        return tf.Gemma3TextConfig(**TINY, head_dim=16, sliding_window=5, query_pre_attn_scalar=12,
-                                   layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+        kw = dict(head_dim=16, sliding_window=5, query_pre_attn_scalar=12,
+                  layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+        return tf.Gemma3TextConfig(**{**TINY, **kw, **overrides})
     if arch == "llama":
         return tf.LlamaConfig(**TINY, rope_theta=500.0)
     if arch == "qwen2":
@@ -30,11 +31,11 @@ def hf_config(arch: str):
     raise ValueError(arch)
 
 
-def hf_model(arch: str, seed: int = 0):
+def hf_model(arch: str, seed: int = 0, **overrides):
     import transformers as tf
 
     torch.manual_seed(seed)
-    cfg = hf_config(arch)
+    cfg = hf_config(arch, **overrides)
     cfg._attn_implementation = "eager"
     model = tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
     with torch.no_grad():  # larger than default init so differences show
@@ -44,3 +45,25 @@ def hf_model(arch: str, seed: int = 0):
 
 
 ARCHES = ["gemma3", "llama", "qwen2", "mistral", "olmoe", "qwen2_moe", "mixtral"]
+
+
+def write_word_tokenizer(folder, vocab_size: int = 96) -> list[str]:
+    """A word-level tokenizer.json: ids 0-2 are <pad>, <bos>, <eos>; the rest are words w3..wN."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    words = ["<pad>", "<bos>", "<eos>"] + [f"w{i}" for i in range(3, vocab_size)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    for special in words[:3]:
+        tok.add_special_tokens([special])
+    tok.save(str(folder / "tokenizer.json"))
+    return words
+
+
+def tiny_model_dir(folder, arch: str = "gemma3", seed: int = 0):
+    """An HF checkpoint folder (config, safetensors, tokenizer.json) of a tiny random model."""
+    hf = hf_model(arch, seed)
+    hf.save_pretrained(folder)
+    write_word_tokenizer(folder)
+    return hf

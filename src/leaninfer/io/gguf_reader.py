@@ -117,5 +117,5 @@ def read_gguf(path: Path, progress: bool = True) -> tuple[ModelConfig, dict[str,
             w = w - 1.0
         if cfg.arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
             w = _unpermute(w, cfg.n_heads if "attn_q" in t.name else cfg.n_kv_heads)
-        out[name] = torch.from_numpy(np.ascontiguousarray(w))
+        out[name] = torch.from_numpy(np.array(w, dtype=np.float32, copy=True))
     return cfg, out

@@ -59,7 +59,10 @@ def convert_gguf(gguf_path: Path, progress: bool = True) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write_tokenizer_from_gguf(gguf_path, tmp)
+    try:
+        write_tokenizer_from_gguf(gguf_path, tmp)
+    except ModelLoadError as e:  # the model stays usable with token ids
+        log.warning("%s", e)
     save_file(state, str(tmp / "model.safetensors"))
     (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf_path)}))
     cfg.save(tmp / "leaninfer.json")  # written last: marks the folder complete

@@ -173,8 +173,8 @@ def bench(quick: bool = False, json_path: Path | None = None, out_dir: Path | No
 
     out_dir = Path(out_dir) if out_dir is not None else reports_dir()
     payload = run_bench(BenchConfig.make(quick, seed), progress=progress)
-    json_path = Path(json_path) if json_path is not None else out_dir / "asd.json"
+    stem = "asd_quick" if quick else "asd"  # a quick run never overwrites the committed full report
+    json_path = Path(json_path) if json_path is not None else out_dir / f"{stem}.json"
     write_json(json_path, payload)
-    stem = "asd_quick" if quick else "asd"
     paths = write_reports(payload, out_dir, stem)
     return {"json": json_path, **paths, "payload": payload}

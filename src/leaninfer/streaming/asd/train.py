@@ -134,3 +134,21 @@ def backend_scores(backend: Backend, emb: torch.Tensor, batch: int = 64) -> torc
 def evaluate(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """AVA mAP (percent) over all labelled face-frames."""
     return ava_map(scores.numpy(), labels.numpy())
+
+
+def save_model(model, path) -> None:
+    """Weights plus both configs (as plain dicts) in one torch file."""
+    from dataclasses import asdict
+
+    torch.save({"front": asdict(model.front.cfg), "backend": model.backend.cfg.to_dict(),
+                "state_dict": model.state_dict()}, path)
+
+
+def load_model(path):
+    """Inverse of save_model -> ASDModel in eval mode."""
+    from leaninfer.streaming.asd.models import ASDModel
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model = ASDModel(Front(FrontConfig(**blob["front"])), Backend(BackendConfig(**blob["backend"])))
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()

@@ -1,0 +1,116 @@
+"""`leaninfer asd ...` (data, train, stream) and `leaninfer bench asd`: thin wrappers over leaninfer.streaming.asd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+asd_app = typer.Typer(help="Real-time active speaker detection (synthetic AV benchmark, band-limited transformers).",
+                      no_args_is_help=True)
+
+
+def _opt_int(value: str) -> Optional[int]:
+    return None if value.lower() in ("inf", "none", "") else int(value)
+
+
+@asd_app.command("data")
+def data_cmd(train_scenes: int = typer.Option(200, help="training scenes (3 face tracks each)"),
+             test_scenes: int = typer.Option(80, help="test scenes"),
+             frames: int = typer.Option(200, help="frames per scene (25 fps)"),
+             seed: int = typer.Option(0), preview: Optional[Path] = typer.Option(None, help="write a PNG of frames")):
+    """Render (or load from cache) the synthetic audio-visual benchmark."""
+    from leaninfer.streaming.asd.data import SynthConfig, synthetic
+
+    for split, n in (("train", train_scenes), ("test", test_scenes)):
+        d = synthetic(SynthConfig(split=split, n_scenes=n, frames=frames, seed=seed))
+        typer.echo(f"{split}: {len(d)} face tracks x {d.frames} frames, speaking {100 * d.labels.mean():.1f}% "
+                   f"of face-frames, audio (log-mel) {tuple(d.mel.shape)}")
+        if preview is not None and split == "test":
+            _preview(d, preview)
+            typer.echo(f"preview: {preview}")
+
+
+def _preview(d, path: Path) -> None:
+    from leaninfer.bench.report import write_plot
+
+    def draw(ax):
+        fig = ax.figure
+        ax.remove()
+        axes = fig.subplots(3, 8)
+        for k in range(3):
+            for j in range(8):
+                a = axes[k, j]
+                a.imshow(d.faces[k, j * 4], cmap="gray", vmin=0, vmax=255)
+                a.set_title(f"face {k} t={j * 4} y={d.labels[k, j * 4]}", fontsize=6)
+                a.axis("off")
+
+    write_plot(path, draw, figsize=(10, 4))
+
+
+@asd_app.command("train")
+def train_cmd(kind: str = typer.Option("band", help="band | gru_uni | gru_bi"),
+              past: str = typer.Option("16", help="past frames P per layer (inf = unbounded)"),
+              future: str = typer.Option("2", help="look-ahead frames F (inf = whole clip)"),
+              ava_root: Optional[Path] = typer.Option(None, help="AVA-ActiveSpeaker folder (see docs/asd.md)"),
+              train_scenes: int = 200, test_scenes: int = 80, front_steps: int = 500, epochs: int = 25,
+              seed: int = 0, out: Optional[Path] = typer.Option(None, help="checkpoint path")):
+    """Train front end + one back end; print test mAP and save a checkpoint."""
+    import numpy as np
+    import torch
+
+    from leaninfer.paths import cache_dir
+    from leaninfer.streaming.asd.data import SynthConfig, synthetic
+    from leaninfer.streaming.asd.models import ASDModel, BackendConfig
+    from leaninfer.streaming.asd.train import (TrainConfig, backend_scores, embed, evaluate, save_model,
+                                               train_backend, train_front)
+
+    torch.set_num_threads(1)
+    if ava_root is not None:
+        from leaninfer.streaming.asd.ava import load_ava
+
+        train, test = load_ava(ava_root, "train"), load_ava(ava_root, "val")
+    else:
+        train = synthetic(SynthConfig(split="train", n_scenes=train_scenes, seed=seed))
+        test = synthetic(SynthConfig(split="test", n_scenes=test_scenes, seed=seed))
+    tcfg = TrainConfig(front_steps=front_steps, backend_epochs=epochs, seed=seed)
+    front = train_front(train, tcfg, progress=True)
+    bcfg = BackendConfig(kind=kind, past=_opt_int(past), future=_opt_int(future))
+    backend = train_backend(embed(front, train), torch.from_numpy(train.labels.astype(np.int64)), bcfg, tcfg)
+    score = evaluate(backend_scores(backend, embed(front, test)), torch.from_numpy(test.labels.astype(np.int64)))
+    out = out or cache_dir("asd", "models") / f"{bcfg.name()}.pt"
+    save_model(ASDModel(front, backend), out)
+    typer.echo(f"{bcfg.name()}: test mAP {score:.2f}; saved {out}")
+
+
+@asd_app.command("stream")
+def stream_cmd(checkpoint: Path, frames: int = typer.Option(400, help="frames to stream"),
+               profile: bool = typer.Option(True, help="time each section")):
+    """Stream random frames through a saved model: per-frame latency, state memory, section profile."""
+    from leaninfer.streaming.asd.cost import measure_stream
+    from leaninfer.streaming.asd.train import load_model
+
+    res = measure_stream(load_model(checkpoint), frames=frames, profile=profile)
+    for k, v in res.items():
+        typer.echo(f"{k}: {v}")
+
+
+def bench_asd(quick: bool = typer.Option(False, "--quick", help="small smoke run (a few minutes)"),
+              json_path: Optional[Path] = typer.Option(None, "--json", help="results JSON (default reports/asd.json)"),
+              seed: int = typer.Option(0)):
+    """mAP over a (P, F) grid vs GRU baselines, streaming latency/memory; writes reports/asd.{json,md,png}."""
+    from leaninfer.streaming.asd.bench import bench
+
+    res = bench(quick=quick, json_path=json_path, seed=seed)
+    h = res["payload"]["headline"]
+    typer.echo(f"uni-GRU {h['gru_uni_map']:.2f}  bi-GRU {h['gru_bi_map']:.2f}  "
+               f"full transformer {h['full_transformer_map']:.2f}")
+    for k, v in h["map_grid"].items():
+        typer.echo(f"P,F={k}: mAP {v:.2f}  {h['ms_per_frame_grid'][k]:.3f} ms/frame  {h['peak_kb_grid'][k]:.1f} KiB")
+    typer.echo(f"wrote {res['json']}, {res['md']}, {res['png']}")
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    app.add_typer(asd_app, name="asd")
+    bench.command("asd")(bench_asd)

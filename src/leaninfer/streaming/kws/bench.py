@@ -1,0 +1,231 @@
+"""`leaninfer bench kws`: one run that trains, folds, quantises, streams and scores everything on the synthetic corpus.
+
+Sections (all numbers measured in this run, nothing copied in):
+1. RepCNN vs the single-branch CNN vs BC-ResNet vs GRU on 1 s clips (13 classes), with streaming latency/memory.
+2. R^2 grid on RepCNN (regulariser on the fused kernels) x seeds, then PTQ of the fused model.
+3. SAL vs CE on two frame tasks (wake-phrase detection, speech onset) x two families (conv, GRU).
+4. Re-parameterisation equality and ONNX export check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from leaninfer.bench.report import machine_info, write_json
+from leaninfer.paths import cache_dir, reports_dir
+from leaninfer.streaming.kws.data import DataConfig, build_corpus
+from leaninfer.streaming.kws.export import check_onnx, export_onnx
+from leaninfer.streaming.kws.models import ModelConfig, n_params
+from leaninfer.streaming.kws.train import TrainConfig, eval_clips, stream_posteriors, train_clips, train_frames
+from leaninfer.streaming.layers import set_streaming
+from leaninfer.streaming.metrics import at_fa_rate, default_thresholds, detection_curve, frame_targets, smooth
+from leaninfer.streaming.quant import quantize_model, weight_stats
+from leaninfer.streaming.reparam import reparameterize
+from leaninfer.streaming.runtime import LiveMemoryTracer, measure_stream
+
+log = logging.getLogger(__name__)
+
+R2_LAMBDA = {"none": 0.0, "linf": 0.02, "margin": 0.02, "smm": 0.02}
+TASK_FA = {"kws": 2.0, "onset": 60.0}  # FA/hour operating points (fixed before any run)
+TASK_REFRACTORY = {"kws": 100, "onset": 30}
+
+
+@dataclass
+class BenchConfig:
+    quick: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    clip_steps: int = 500
+    frame_steps: int = 300
+    frame_batch: int = 16
+    seeds: tuple[int, ...] = (0, 1, 2)
+    bc_seeds: tuple[int, ...] = (0, 1)
+    sal_seeds: tuple[int, ...] = (0, 1)
+    uniform_bits: tuple[int, ...] = (8, 4, 3, 2)
+    kmeans_bits: tuple[int, ...] = (2, 1)
+
+    @classmethod
+    def make(cls, quick: bool) -> BenchConfig:
+        if not quick:
+            return cls()
+        return cls(quick=True, data=DataConfig(clips_per_class=(40, 5, 20), streams=(20, 0, 10), stream_s=20.0),
+                   clip_steps=80, frame_steps=80, seeds=(0, 1, 2), bc_seeds=(0,), sal_seeds=(0,))
+
+
+def _n_train_steps(bc: BenchConfig) -> int:
+    clip = bc.clip_steps * (len(bc.seeds) * (1 + len(R2_LAMBDA)) + len(bc.bc_seeds) + 1)
+    frame = bc.frame_steps * (len(bc.sal_seeds) * 8 + 2)
+    return clip + frame
+
+
+def _quant_row(model, test, bc: BenchConfig) -> dict[str, float]:
+    row = {"fp": eval_clips(model, test)}
+    for b in bc.uniform_bits:
+        row[f"int{b}"] = eval_clips(quantize_model(model, b, "uniform"), test)
+    for b in bc.kmeans_bits:
+        row[f"kmeans{b}"] = eval_clips(quantize_model(model, b, "kmeans"), test)
+    row.update(weight_stats(model))
+    return row
+
+
+def run_r2_and_arch(corpus: dict, bc: BenchConfig, bar) -> tuple[dict, dict]:
+    """Clip models: RepCNN under each R^2 regulariser x seeds, unibranch x seeds, BC-ResNet, GRU."""
+    train, test = corpus["clips"]["train"], corpus["clips"]["test"]
+    r2: dict[str, list[dict]] = {name: [] for name in R2_LAMBDA}
+    models: dict[str, list] = {"repcnn": [], "unibranch": [], "bcresnet": [], "gru": []}
+    for name, lam in R2_LAMBDA.items():
+        for seed in bc.seeds:
+            tc = TrainConfig(steps=bc.clip_steps, seed=seed, reg=name, reg_lambda=lam)
+            model = reparameterize(train_clips(ModelConfig(kind="repcnn"), tc, train, progress=bar.update))
+            r2[name].append({"seed": seed, **_quant_row(model, test, bc)})
+            if name == "none":
+                models["repcnn"].append(model)
+    for kind, seeds in (("unibranch", bc.seeds), ("bcresnet", bc.bc_seeds), ("gru", (0,))):
+        for seed in seeds:
+            trained = train_clips(ModelConfig(kind=kind), TrainConfig(steps=bc.clip_steps, seed=seed), train,
+                                  progress=bar.update)
+            models[kind].append(reparameterize(trained) if kind == "unibranch" else trained)
+    arch = {}
+    for kind, ms in models.items():
+        accs = [eval_clips(m, test) for m in ms]
+        arch[kind] = {"acc": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accs": accs,
+                      "params": n_params(ms[0]), "seeds": len(ms)}
+    return {"arch": arch, "r2": r2}, models
+
+
+def window_cost(model, n_frames: int = 98, reps: int = 20) -> dict[str, float]:
+    """Whole 1 s window inference (non-streaming): peak live activation KiB and ms per window."""
+    set_streaming(model, False)
+    x = torch.randn(1, n_frames, model.cfg.n_mels)
+    tracer = LiveMemoryTracer()
+    with torch.inference_mode():
+        with tracer:
+            model(x)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1000)
+    return {"window_peak_kb": tracer.peak / 1024.0, "window_ms": float(np.median(times))}
+
+
+def run_efficiency(models: dict, corpus: dict, bc: BenchConfig) -> dict:
+    feats = corpus["clips"]["test"].feats[:8].reshape(-1, corpus["clips"]["test"].feats.shape[-1])
+    n = 300 if bc.quick else 800
+    feats = feats[:n] if feats.shape[0] >= n else feats.repeat(n // max(1, feats.shape[0]) + 1, 1)[:n]
+    eff = {}
+    for kind, ms in models.items():
+        model = ms[0]
+        eff[kind] = {**measure_stream(model, feats), **window_cost(model), "params": n_params(model)}
+        set_streaming(model, False)
+    return eff
+
+
+def reparam_and_export(corpus: dict, bc: BenchConfig, out_dir: Path) -> dict:
+    """Max |multi-branch - fused| on test clips (eval mode) and the ONNX check of the fused model."""
+    train, test = corpus["clips"]["train"], corpus["clips"]["test"]
+    multi = train_clips(ModelConfig(kind="repcnn"), TrainConfig(steps=max(10, bc.clip_steps // 10), seed=7), train)
+    fused = reparameterize(multi)
+    x = test.feats[:64]
+    with torch.inference_mode():
+        diff = float((multi(x) - fused(x)).abs().max())
+    path = export_onnx(fused, out_dir / "repcnn_fused.onnx")
+    return {"reparam_max_abs_diff": diff, "onnx_max_abs_diff": check_onnx(fused, path, x[:4]),
+            "multi_branch_params": n_params(multi), "fused_params": n_params(fused)}
+
+
+def run_sal(corpus: dict, bc: BenchConfig, bar) -> dict:
+    """Frame detectors trained with CE vs SAL (and focal variants on kws/conv), equal steps and data."""
+    tr, te = corpus["streams"]["train"], corpus["streams"]["test"]
+    cells = [(task, fam, loss) for task in ("kws", "onset") for fam in ("unibranch", "gru") for loss in ("ce", "sal")]
+    cells += [("kws", "unibranch", "sa+fl"), ("kws", "unibranch", "safl")]
+    out = {}
+    for task, fam, loss in cells:
+        seeds = bc.sal_seeds if loss in ("ce", "sal") else bc.sal_seeds[:1]
+        wins = [frame_targets(ev, f.shape[0], task)[2] for ev, f in zip(te.events, te.feats)]
+        points, curves = [], []
+        for seed in seeds:
+            tc = TrainConfig(steps=bc.frame_steps, batch=bc.frame_batch, seed=seed, loss=loss)
+            model = train_frames(ModelConfig(kind=fam, n_out=1), tc, tr, task, progress=bar.update)
+            scores = [smooth(s, 5) for s in stream_posteriors(model, te)]
+            curve = detection_curve(scores, wins, te.hours, default_thresholds(), TASK_REFRACTORY[task])
+            points.append(at_fa_rate(curve, TASK_FA[task]))
+            curves.append(curve)
+        out[f"{task}/{fam}/{loss}"] = {
+            "task": task, "family": fam, "loss": loss, "seeds": len(seeds), "fa_target": TASK_FA[task],
+            "frr": float(np.mean([p["frr"] for p in points])),
+            "latency_ms": float(np.nanmean([p["latency_ms"] for p in points])),
+            "fa_per_hour": float(np.nanmean([p["fa_per_hour"] for p in points])),
+            "points": points,
+            "curve": {k: np.round(v, 4).tolist() for k, v in curves[0].items() if k in ("frr", "fa_per_hour")},
+        }
+    return out
+
+
+def headline(res: dict) -> dict:
+    arch, eff, r2, sal = res["arch"], res["efficiency"], res["r2"], res["sal"]
+    return {
+        "reparam_max_abs_diff": res["reparam"]["reparam_max_abs_diff"],
+        "repcnn_acc": arch["repcnn"]["acc"], "unibranch_acc": arch["unibranch"]["acc"],
+        "bcresnet_acc": arch["bcresnet"]["acc"],
+        "repcnn_ms_per_frame": eff["repcnn"]["ms_per_frame"], "unibranch_ms_per_frame": eff["unibranch"]["ms_per_frame"],
+        "bcresnet_ms_per_frame": eff["bcresnet"]["ms_per_frame"],
+        "repcnn_peak_kb": eff["repcnn"]["peak_kb"], "bcresnet_peak_kb": eff["bcresnet"]["peak_kb"],
+        "sal_frr": sal["kws/unibranch/sal"]["frr"], "ce_frr": sal["kws/unibranch/ce"]["frr"],
+        "sal_latency_ms": sal["kws/unibranch/sal"]["latency_ms"], "ce_latency_ms": sal["kws/unibranch/ce"]["latency_ms"],
+        "fa_per_hour_target": TASK_FA["kws"],
+        "r2_2bit_acc": max(float(np.mean([r["int2"] for r in r2[n]])) for n in R2_LAMBDA if n != "none"),
+        "r2_2bit_best_regulariser": max((n for n in R2_LAMBDA if n != "none"),
+                                        key=lambda n: float(np.mean([r["int2"] for r in r2[n]]))),
+        "base_2bit_acc": float(np.mean([r["int2"] for r in r2["none"]])),
+    }
+
+
+def targets(h: dict, res: dict) -> dict[str, bool]:
+    eff = res["efficiency"]
+    return {
+        "reparam_exact (<=1e-5)": h["reparam_max_abs_diff"] <= 1e-5,
+        "repcnn_speed_within_10pct_of_unibranch": h["repcnn_ms_per_frame"] <= 1.10 * h["unibranch_ms_per_frame"],
+        "repcnn_more_accurate_than_unibranch": h["repcnn_acc"] > h["unibranch_acc"],
+        "repcnn_within_1pt_of_bcresnet": h["repcnn_acc"] >= h["bcresnet_acc"] - 1.0,
+        "repcnn_half_bcresnet_peak_memory (streaming)": h["repcnn_peak_kb"] <= 0.5 * h["bcresnet_peak_kb"],
+        "repcnn_half_bcresnet_peak_memory (1 s window)":
+            eff["repcnn"]["window_peak_kb"] <= 0.5 * eff["bcresnet"]["window_peak_kb"],
+        "repcnn_lower_latency_than_bcresnet": h["repcnn_ms_per_frame"] < h["bcresnet_ms_per_frame"],
+        "sal_lower_frr_than_ce": h["sal_frr"] < h["ce_frr"],
+        "sal_lower_latency_than_ce": h["sal_latency_ms"] < h["ce_latency_ms"],
+        "r2_raises_2bit_accuracy": h["r2_2bit_acc"] > h["base_2bit_acc"],
+    }
+
+
+def run_bench(quick: bool = False, json_path: str | Path | None = None, out_dir: str | Path | None = None,
+              progress: bool = True) -> dict:
+    """Run everything; write kws.json, kws.md, kws.png under out_dir (default reports/); returns the results."""
+    from leaninfer.streaming.kws.report import write_reports
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    bc = BenchConfig.make(quick)
+    out_dir = Path(out_dir) if out_dir else reports_dir()
+    corpus = build_corpus(bc.data, progress=progress)
+    res: dict = {"config": asdict(bc), "machine": machine_info(), "data": {
+        split: {"clips": int(corpus["clips"][split].labels.numel()), "stream_hours": corpus["streams"][split].hours}
+        for split in ("train", "val", "test")}}
+    with tqdm(total=_n_train_steps(bc), desc="bench kws", disable=not progress, unit="step") as bar:
+        clip_res, models = run_r2_and_arch(corpus, bc, bar)
+        res.update(clip_res)
+        res["sal"] = run_sal(corpus, bc, bar)
+    res["efficiency"] = run_efficiency(models, corpus, bc)
+    res["reparam"] = reparam_and_export(corpus, bc, cache_dir("kws", "export"))
+    res["headline"] = headline(res)
+    res["targets"] = targets(res["headline"], res)
+    res["wall_s"] = time.time() - t0
+    write_json(Path(json_path) if json_path else out_dir / "kws.json", res)
+    write_reports(res, out_dir)
+    return res

@@ -1,0 +1,89 @@
+"""Markdown and PNG for `bench kws`, drawn from the saved results dict only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from leaninfer.bench.report import markdown_table, write_markdown, write_plot
+
+QUANT_COLS = ("fp", "int8", "int4", "int3", "int2", "kmeans2", "kmeans1")
+
+
+def _mean_std(rows: list[dict], key: str) -> str:
+    vals = [r[key] for r in rows if key in r]
+    return f"{np.mean(vals):.1f} ± {np.std(vals):.1f}" if vals else "—"
+
+
+def _sections(res: dict) -> list[tuple[str, str]]:
+    h, arch, eff = res["headline"], res["arch"], res["efficiency"]
+    mode = "quick (smoke-test sizes: numbers are not meaningful)" if res["config"]["quick"] else "full"
+    data = res["data"]
+    intro = (f"Mode: **{mode}**. One run, {res['wall_s'] / 60:.1f} min on {res['machine']['threads']} CPU thread(s), "
+             f"torch {res['machine']['torch']}, {res['machine']['date']}. Synthetic espeak-ng corpus: "
+             f"{data['train']['clips']}/{data['val']['clips']}/{data['test']['clips']} train/val/test clips "
+             f"(13 classes, test speakers unseen), {data['train']['stream_hours']:.2f} h train streams, "
+             f"{data['test']['stream_hours']:.2f} h test streams.")
+    targets = markdown_table(["target", "met"], [[k, "yes" if v else "**no**"] for k, v in res["targets"].items()])
+    head = markdown_table(["metric", "value"], [[k, v] for k, v in h.items()], digits=3)
+    arch_rows = [[k, arch[k]["params"], eff[k]["params"], f"{arch[k]['acc']:.2f} ± {arch[k]['acc_std']:.2f}",
+                  arch[k]["seeds"], eff[k]["ms_per_frame"], eff[k]["p90_ms"], eff[k]["state_kb"], eff[k]["peak_kb"],
+                  eff[k]["window_peak_kb"], eff[k]["window_ms"]] for k in arch]
+    arch_md = markdown_table(["model", "train params", "inference params", "test acc % (mean ± std)", "seeds",
+                              "ms/frame (median)", "ms/frame p90", "stream state KiB", "stream peak KiB",
+                              "1 s window peak KiB", "1 s window ms"], arch_rows, digits=3)
+    r2_rows = [[name, len(rows), *[_mean_std(rows, c) for c in QUANT_COLS], np.mean([r["max_abs"] for r in rows]),
+                np.mean([r["kurtosis"] for r in rows])] for name, rows in res["r2"].items()]
+    r2_md = markdown_table(["regulariser", "seeds", *QUANT_COLS, "max abs W", "kurtosis"], r2_rows, digits=3)
+    sal_rows = [[v["task"], v["family"], v["loss"], v["seeds"], v["fa_target"], v["fa_per_hour"], v["frr"],
+                 v["latency_ms"]] for v in res["sal"].values()]
+    sal_md = markdown_table(["task", "family", "loss", "seeds", "FA/h target", "FA/h at point", "FRR %",
+                             "latency ms"], sal_rows)
+    rp = res["reparam"]
+    rep_md = (f"Max |multi-branch − fused| on 64 test clips (eval mode, fp32): {rp['reparam_max_abs_diff']:.2e}. "
+              f"ONNX (onnxruntime) vs PyTorch for the fused model: {rp['onnx_max_abs_diff']:.2e}. "
+              f"Parameters: {rp['multi_branch_params']} train-time → {rp['fused_params']} after folding.")
+    return [("", intro), ("Targets", targets), ("Headline", head),
+            ("Models (clips, streaming runtime)", arch_md + "\n\nLatency/memory: streaming runtime, one 10 ms hop per "
+             "step, 1 thread; peak = streaming state (ring buffers + logits window) + peak live intermediates of a "
+             "step. Window = whole 1 s clip in one call (how a non-streaming deployment would run)."),
+            ("R^2 and post-training quantisation (fused RepCNN)", r2_md + "\n\nUniform: per-output-channel symmetric, "
+             "levels {-2^(b-1) … 2^(b-1)-1}·s, s = max|W|/2^(b-1); k-means: per-tensor, 2^b centroids. All conv "
+             "weights quantised (stem and head included)."),
+            ("SAL vs CE (frame detectors)", sal_md + "\n\nFRR and latency at the best threshold with FA/h ≤ target, "
+             "mean over seeds; latency = trigger − anchor (end of wake phrase / speech onset)."),
+            ("Re-parameterisation and export", rep_md)]
+
+
+def _draw(res: dict):
+    def draw(ax):
+        fig = ax.figure
+        ax.remove()
+        a1, a2, a3 = fig.subplots(1, 3)
+        bits = [b for b in (8, 4, 3, 2)]
+        for name, rows in res["r2"].items():
+            a1.plot(bits, [np.mean([r[f"int{b}"] for r in rows]) for b in bits], marker="o", label=name)
+        a1.set(xlabel="weight bits (uniform PTQ)", ylabel="test acc %", title="R^2 on fused RepCNN")
+        a1.invert_xaxis()
+        a1.legend(fontsize=7)
+        for key in ("kws/unibranch/ce", "kws/unibranch/sal", "kws/gru/ce", "kws/gru/sal"):
+            c = res["sal"][key]["curve"]
+            a2.plot(np.maximum(c["fa_per_hour"], 0.1), c["frr"], label=key.replace("kws/", ""))
+        a2.set(xscale="log", xlabel="FA / hour", ylabel="FRR %", title="wake phrase: CE vs SAL")
+        a2.legend(fontsize=7)
+        eff = res["efficiency"]
+        names = list(eff)
+        a3.bar(names, [eff[n]["ms_per_frame"] for n in names])
+        a3.set(ylabel="ms / frame", title="streaming latency (bars), peak KiB (labels)")
+        for i, n in enumerate(names):
+            a3.text(i, eff[n]["ms_per_frame"], f"{eff[n]['peak_kb']:.0f}K", ha="center", va="bottom", fontsize=7)
+        a3.tick_params(axis="x", labelsize=7)
+
+    return draw
+
+
+def write_reports(res: dict, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    write_markdown(out_dir / "kws.md", "Keyword spotting: RepCNN, SAL, R^2", _sections(res))
+    write_plot(out_dir / "kws.png", _draw(res), figsize=(13, 3.6))
