@@ -7,6 +7,8 @@ import torch
 from leaninfer.streaming import audio
 from leaninfer.streaming.features import LogMel
 
+torch.set_num_threads(1)  # tiny models; the machine is shared
+
 
 def test_mix_at_snr_hits_target():
     rng = np.random.default_rng(0)

@@ -6,6 +6,8 @@ import torch
 from leaninfer.streaming import sal
 from leaninfer.streaming.r2 import REGULARIZERS, LInf, Margin, SoftMinMax, make_regularizer
 
+torch.set_num_threads(1)  # tiny models; the machine is shared
+
 
 def _batch():
     torch.manual_seed(0)
@@ -65,7 +67,7 @@ def test_regularisers_target_the_extremes():
     assert w.grad[0, 3] > 0 and (w.grad[0].abs() > 0).sum() == 1
     w.grad = None
     Margin()([w]).backward()
-    assert w.grad[0, 3] > 0 and w.grad[0, 0].abs() < 1e-6
+    assert w.grad[0, 3] > 0 and w.grad[0, 3] == w.grad[0].abs().max()
     smm = SoftMinMax(alpha=50)([w.detach()])
     assert smm == pytest.approx(2.1, abs=0.05)
     assert make_regularizer("none")([w]) == 0 and set(REGULARIZERS) == {"none", "linf", "margin", "smm"}

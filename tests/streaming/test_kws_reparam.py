@@ -5,8 +5,16 @@ import torch
 from torch import nn
 
 from leaninfer.streaming.kws.models import ModelConfig, build_model, n_params
-from leaninfer.streaming.reparam import (ConvBlock, ConvBNBlock, RepConvBlock, dilate_kernel, identity_kernel,
-                                         reparameterize)
+from leaninfer.streaming.reparam import (
+    ConvBlock,
+    ConvBNBlock,
+    RepConvBlock,
+    dilate_kernel,
+    identity_kernel,
+    reparameterize,
+)
+
+torch.set_num_threads(1)  # tiny models; the machine is shared
 
 
 def _randomise_bn(module: nn.Module) -> None:

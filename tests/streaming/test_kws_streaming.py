@@ -10,6 +10,8 @@ from leaninfer.streaming.layers import set_streaming, stream_state_bytes
 from leaninfer.streaming.reparam import reparameterize
 from leaninfer.streaming.runtime import LiveMemoryTracer, StreamingRuntime, measure_stream
 
+torch.set_num_threads(1)  # tiny models; the machine is shared
+
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("deployed", [False, True])

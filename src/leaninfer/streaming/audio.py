@@ -56,7 +56,9 @@ def _synth_cached(text: str, voice: str, speed: int, pitch: int, sample_rate: in
     try:
         out = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
     except FileNotFoundError as err:
-        raise RuntimeError("espeak-ng is not installed: apt-get install espeak-ng (see scripts/system_deps.sh)") from err
+        raise RuntimeError(
+            "espeak-ng is not installed: apt-get install espeak-ng (see scripts/system_deps.sh)"
+        ) from err
     except subprocess.CalledProcessError as err:
         raise RuntimeError(f"espeak-ng failed for voice {voice!r}: {err.stderr.decode(errors='replace')}") from err
     pcm, rate = _parse_wav(out)
@@ -65,7 +67,9 @@ def _synth_cached(text: str, voice: str, speed: int, pitch: int, sample_rate: in
     return wave
 
 
-def synthesize(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50, sample_rate: int = 16000) -> np.ndarray:
+def synthesize(
+    text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50, sample_rate: int = 16000
+) -> np.ndarray:
     """Render `text` with espeak-ng.
 
     Args:

@@ -21,7 +21,9 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 20.0, fmax: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float = 20.0, fmax: float | None = None
+) -> np.ndarray:
     """(n_mels, n_fft//2 + 1) triangular HTK-mel filters, float32."""
     fmax = fmax or sample_rate / 2.0
     bins = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
@@ -42,8 +44,9 @@ class LogMel:
     Call on a whole clip: `LogMel()(wave) -> (T, n_mels)` float32 tensor.
     """
 
-    def __init__(self, sample_rate: int = 16000, n_mels: int = 40, win_ms: float = 25.0, hop_ms: float = 10.0,
-                 eps: float = 1e-6):
+    def __init__(
+        self, sample_rate: int = 16000, n_mels: int = 40, win_ms: float = 25.0, hop_ms: float = 10.0, eps: float = 1e-6
+    ):
         self.sample_rate, self.n_mels, self.eps = sample_rate, n_mels, eps
         self.win = int(round(sample_rate * win_ms / 1000.0))
         self.hop = int(round(sample_rate * hop_ms / 1000.0))

@@ -80,11 +80,21 @@ class CausalConv1d(_StreamState, nn.Conv1d):
 class CausalConv2d(_StreamState, nn.Conv2d):
     """Conv2d over (B, C, F, T): 'same' (or valid) padding in frequency, causal in time, stride only in frequency."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: tuple[int, int], freq_stride: int = 1,
-                 time_dilation: int = 1, groups: int = 1, bias: bool = True, freq_padding: int | None = None):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel_size: tuple[int, int],
+        freq_stride: int = 1,
+        time_dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        freq_padding: int | None = None,
+    ):
         kf, kt = kernel_size
-        nn.Conv2d.__init__(self, c_in, c_out, (kf, kt), stride=(freq_stride, 1), dilation=(1, time_dilation),
-                           groups=groups, bias=bias)
+        nn.Conv2d.__init__(
+            self, c_in, c_out, (kf, kt), stride=(freq_stride, 1), dilation=(1, time_dilation), groups=groups, bias=bias
+        )
         self.freq_padding = kf // 2 if freq_padding is None else freq_padding
 
     def _past(self) -> int:

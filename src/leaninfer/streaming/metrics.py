@@ -27,8 +27,9 @@ def clip_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=-1) == labels).float().mean() * 100.0) if labels.numel() else float("nan")
 
 
-def frame_targets(events: list[dict], n_frames: int, task: str = "kws", pre: int = 5, post: int = 20
-                  ) -> tuple[np.ndarray, list[int], list[tuple[int, int, int]]]:
+def frame_targets(
+    events: list[dict], n_frames: int, task: str = "kws", pre: int = 5, post: int = 20
+) -> tuple[np.ndarray, list[int], list[tuple[int, int, int]]]:
     """Frame labels, anchor frames and detection windows for one stream.
 
     task "kws": positives are frames [a - pre, a + post] around the end anchor a of each wake phrase;
@@ -76,8 +77,14 @@ def triggers(scores: np.ndarray, threshold: float, refractory: int = 100) -> lis
     return out
 
 
-def detection_curve(scores: list[np.ndarray], windows: list[list[tuple[int, int, int]]], hours: float,
-                    thresholds: np.ndarray, refractory: int = 100, hop_ms: float = 10.0) -> dict[str, np.ndarray]:
+def detection_curve(
+    scores: list[np.ndarray],
+    windows: list[list[tuple[int, int, int]]],
+    hours: float,
+    thresholds: np.ndarray,
+    refractory: int = 100,
+    hop_ms: float = 10.0,
+) -> dict[str, np.ndarray]:
     """FRR (%), FA/hour and mean/median latency (ms) for every threshold."""
     n_events = sum(len(w) for w in windows)
     frr, fa, lat_mean, lat_p50 = [], [], [], []
@@ -98,8 +105,13 @@ def detection_curve(scores: list[np.ndarray], windows: list[list[tuple[int, int,
         fa.append(false_acc / max(hours, 1e-9))
         lat_mean.append(float(np.mean(lats)) if lats else float("nan"))
         lat_p50.append(float(np.median(lats)) if lats else float("nan"))
-    return {"threshold": np.asarray(thresholds), "frr": np.asarray(frr), "fa_per_hour": np.asarray(fa),
-            "latency_ms": np.asarray(lat_mean), "latency_p50_ms": np.asarray(lat_p50)}
+    return {
+        "threshold": np.asarray(thresholds),
+        "frr": np.asarray(frr),
+        "fa_per_hour": np.asarray(fa),
+        "latency_ms": np.asarray(lat_mean),
+        "latency_p50_ms": np.asarray(lat_p50),
+    }
 
 
 def at_fa_rate(curve: dict[str, np.ndarray], target: float) -> dict[str, float]:

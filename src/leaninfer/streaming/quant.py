@@ -39,7 +39,9 @@ def fake_quant_uniform(w: torch.Tensor, bits: int) -> torch.Tensor:
 def kmeans_1d(values: torch.Tensor, k: int, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means on a 1-D tensor. Returns (centroids (k,), assignment (N,))."""
     v = values.reshape(-1).float()
-    k = min(k, v.numel())
+    uniq = torch.unique(v)
+    if uniq.numel() <= k:  # already on a palette of <= k values: exact
+        return uniq, (v[:, None] - uniq[None]).abs().argmin(dim=1)
     cent = torch.quantile(v, torch.linspace(0, 1, k + 2)[1:-1]) if k > 1 else v.mean().reshape(1)
     for _ in range(iters):
         assign = (v[:, None] - cent[None]).abs().argmin(dim=1)
@@ -68,12 +70,20 @@ def _weights(model: nn.Module) -> list[nn.Parameter]:
     return out
 
 
-def quantize_model(model: nn.Module, bits: int, method: str = "uniform") -> nn.Module:
-    """A copy of `model` whose weights are fake-quantised ("uniform" per-channel or "kmeans" palettised)."""
+def quantize_model(model: nn.Module, bits: int, method: str = "uniform", edge_bits: int | None = 8) -> nn.Module:
+    """A copy of `model` whose weights are fake-quantised ("uniform" per-channel or "kmeans" palettised).
+
+    edge_bits: the first and last weight tensors (input stem, output head) use this many bits with the uniform
+    quantiser (common practice; None quantises them at `bits` too).
+    """
     model = copy.deepcopy(model)
+    weights = _weights(model)
     with torch.no_grad():
-        for w in _weights(model):
-            w.copy_(fake_quant_uniform(w, bits) if method == "uniform" else palettize(w, bits))
+        for i, w in enumerate(weights):
+            if edge_bits is not None and i in (0, len(weights) - 1):
+                w.copy_(fake_quant_uniform(w, max(bits, edge_bits)))
+            else:
+                w.copy_(fake_quant_uniform(w, bits) if method == "uniform" else palettize(w, bits))
     return model
 
 

@@ -66,9 +66,17 @@ class RepConvBlock(nn.Module):
         groups: conv groups shared by all branches.
     """
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int = 1,
-                 branches: tuple[tuple[int, int], ...] = ((5, 1), (3, 1), (1, 1)), identity: bool = True,
-                 groups: int = 1, act: bool = True):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        dilation: int = 1,
+        branches: tuple[tuple[int, int], ...] = ((5, 1), (3, 1), (1, 1)),
+        identity: bool = True,
+        groups: int = 1,
+        act: bool = True,
+    ):
         super().__init__()
         self.c_in, self.c_out, self.kernel, self.dilation, self.groups = c_in, c_out, kernel, dilation, groups
         for k, r in branches:
@@ -94,7 +102,9 @@ class RepConvBlock(nn.Module):
             weight = weight + pad_past(dilate_kernel(w, r), self.kernel)
             bias = bias + b
         if self.id_bn is not None:
-            w, b = fuse_bn(identity_kernel(self.c_out, self.groups, self.kernel, self.convs[0].weight), None, self.id_bn)
+            w, b = fuse_bn(
+                identity_kernel(self.c_out, self.groups, self.kernel, self.convs[0].weight), None, self.id_bn
+            )
             weight, bias = weight + w, bias + b
         return weight, bias
 
@@ -139,7 +149,9 @@ class ConvBlock(nn.Module):
         return self.conv.weight, self.conv.bias
 
     @classmethod
-    def from_kernel(cls, weight: torch.Tensor, bias: torch.Tensor, dilation: int, groups: int, act: nn.Module) -> ConvBlock:
+    def from_kernel(
+        cls, weight: torch.Tensor, bias: torch.Tensor, dilation: int, groups: int, act: nn.Module
+    ) -> ConvBlock:
         c_out, per_group, k = weight.shape
         block = cls(per_group * groups, c_out, k, dilation, groups, act=not isinstance(act, nn.Identity))
         with torch.no_grad():
@@ -165,4 +177,6 @@ def reparameterize(model: nn.Module) -> nn.Module:
 
 def fused_kernels(model: nn.Module) -> list[torch.Tensor]:
     """Differentiable fused kernels of every foldable block (for R^2 on the inference-time weights)."""
-    return [m.equivalent_kernel_bias()[0] for m in model.modules() if isinstance(m, (RepConvBlock, ConvBNBlock, ConvBlock))]
+    return [
+        m.equivalent_kernel_bias()[0] for m in model.modules() if isinstance(m, (RepConvBlock, ConvBNBlock, ConvBlock))
+    ]

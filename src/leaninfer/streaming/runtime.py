@@ -39,8 +39,11 @@ class LiveMemoryTracer(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs))
-                  if isinstance(a, torch.Tensor)}
+        inputs = {
+            a.untyped_storage().data_ptr()
+            for a in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(a, torch.Tensor)
+        }
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
                 st = t.untyped_storage()
@@ -120,6 +123,10 @@ def measure_stream(model: nn.Module, feats: torch.Tensor, warmup: int = 50, wind
     tracer = LiveMemoryTracer()
     with torch.inference_mode(), tracer:
         rt.model(frame)
-    return {"ms_per_frame": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
-            "state_kb": state / 1024.0, "activation_peak_kb": tracer.peak / 1024.0,
-            "peak_kb": (state + tracer.peak) / 1024.0}
+    return {
+        "ms_per_frame": float(np.median(times)),
+        "p90_ms": float(np.percentile(times, 90)),
+        "state_kb": state / 1024.0,
+        "activation_peak_kb": tracer.peak / 1024.0,
+        "peak_kb": (state + tracer.peak) / 1024.0,
+    }

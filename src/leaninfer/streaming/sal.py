@@ -65,8 +65,17 @@ def frame_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | N
     return (ce * m).sum() / m.sum().clamp_min(1)
 
 
-def sal_loss(logits: torch.Tensor, targets: torch.Tensor, distance: torch.Tensor, lam: float = 4.0, tau: float = 10.0,
-             kind: str = "exp", variant: str = "sal", gamma: float = 2.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+def sal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    distance: torch.Tensor,
+    lam: float = 4.0,
+    tau: float = 10.0,
+    kind: str = "exp",
+    variant: str = "sal",
+    gamma: float = 2.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Anchor-weighted frame loss.
 
     Args:

@@ -23,7 +23,14 @@ from leaninfer.paths import cache_dir, reports_dir
 from leaninfer.streaming.kws.data import DataConfig, build_corpus
 from leaninfer.streaming.kws.export import check_onnx, export_onnx
 from leaninfer.streaming.kws.models import ModelConfig, n_params
-from leaninfer.streaming.kws.train import TrainConfig, eval_clips, stream_posteriors, train_clips, train_frames
+from leaninfer.streaming.kws.train import (
+    TrainConfig,
+    eval_clips,
+    normalise,
+    stream_posteriors,
+    train_clips,
+    train_frames,
+)
 from leaninfer.streaming.layers import set_streaming
 from leaninfer.streaming.metrics import at_fa_rate, default_thresholds, detection_curve, frame_targets, smooth
 from leaninfer.streaming.quant import quantize_model, weight_stats
@@ -41,11 +48,11 @@ TASK_REFRACTORY = {"kws": 100, "onset": 30}
 class BenchConfig:
     quick: bool = False
     data: DataConfig = field(default_factory=DataConfig)
-    clip_steps: int = 500
+    clip_steps: int = 400
     frame_steps: int = 300
     frame_batch: int = 16
     seeds: tuple[int, ...] = (0, 1, 2)
-    bc_seeds: tuple[int, ...] = (0, 1)
+    bc_seeds: tuple[int, ...] = (0,)
     sal_seeds: tuple[int, ...] = (0, 1)
     uniform_bits: tuple[int, ...] = (8, 4, 3, 2)
     kmeans_bits: tuple[int, ...] = (2, 1)
@@ -54,8 +61,15 @@ class BenchConfig:
     def make(cls, quick: bool) -> BenchConfig:
         if not quick:
             return cls()
-        return cls(quick=True, data=DataConfig(clips_per_class=(40, 5, 20), streams=(20, 0, 10), stream_s=20.0),
-                   clip_steps=80, frame_steps=80, seeds=(0, 1, 2), bc_seeds=(0,), sal_seeds=(0,))
+        return cls(
+            quick=True,
+            data=DataConfig(clips_per_class=(40, 5, 20), streams=(20, 0, 10), stream_s=20.0),
+            clip_steps=60,
+            frame_steps=60,
+            seeds=(0, 1, 2),
+            bc_seeds=(0,),
+            sal_seeds=(0,),
+        )
 
 
 def _n_train_steps(bc: BenchConfig) -> int:
@@ -88,14 +102,20 @@ def run_r2_and_arch(corpus: dict, bc: BenchConfig, bar) -> tuple[dict, dict]:
                 models["repcnn"].append(model)
     for kind, seeds in (("unibranch", bc.seeds), ("bcresnet", bc.bc_seeds), ("gru", (0,))):
         for seed in seeds:
-            trained = train_clips(ModelConfig(kind=kind), TrainConfig(steps=bc.clip_steps, seed=seed), train,
-                                  progress=bar.update)
+            trained = train_clips(
+                ModelConfig(kind=kind), TrainConfig(steps=bc.clip_steps, seed=seed), train, progress=bar.update
+            )
             models[kind].append(reparameterize(trained) if kind == "unibranch" else trained)
     arch = {}
     for kind, ms in models.items():
         accs = [eval_clips(m, test) for m in ms]
-        arch[kind] = {"acc": float(np.mean(accs)), "acc_std": float(np.std(accs)), "accs": accs,
-                      "params": n_params(ms[0]), "seeds": len(ms)}
+        arch[kind] = {
+            "acc": float(np.mean(accs)),
+            "acc_std": float(np.std(accs)),
+            "accs": accs,
+            "params": n_params(ms[0]),
+            "seeds": len(ms),
+        }
     return {"arch": arch, "r2": r2}, models
 
 
@@ -119,11 +139,14 @@ def run_efficiency(models: dict, corpus: dict, bc: BenchConfig) -> dict:
     feats = corpus["clips"]["test"].feats[:8].reshape(-1, corpus["clips"]["test"].feats.shape[-1])
     n = 300 if bc.quick else 800
     feats = feats[:n] if feats.shape[0] >= n else feats.repeat(n // max(1, feats.shape[0]) + 1, 1)[:n]
-    eff = {}
-    for kind, ms in models.items():
-        model = ms[0]
-        eff[kind] = {**measure_stream(model, feats), **window_cost(model), "params": n_params(model)}
-        set_streaming(model, False)
+    eff: dict[str, dict] = {}
+    for _ in range(3):  # interleaved rounds; the minimum of the per-round medians resists CPU contention
+        for kind, ms in models.items():
+            stats = measure_stream(ms[0], feats)
+            set_streaming(ms[0], False)
+            best = eff.get(kind, {}).get("ms_per_frame", float("inf"))
+            if stats["ms_per_frame"] < best:
+                eff[kind] = {**stats, **window_cost(ms[0]), "params": n_params(ms[0])}
     return eff
 
 
@@ -132,12 +155,16 @@ def reparam_and_export(corpus: dict, bc: BenchConfig, out_dir: Path) -> dict:
     train, test = corpus["clips"]["train"], corpus["clips"]["test"]
     multi = train_clips(ModelConfig(kind="repcnn"), TrainConfig(steps=max(10, bc.clip_steps // 10), seed=7), train)
     fused = reparameterize(multi)
-    x = test.feats[:64]
+    x = normalise(multi, test.feats[:64])
     with torch.inference_mode():
         diff = float((multi(x) - fused(x)).abs().max())
     path = export_onnx(fused, out_dir / "repcnn_fused.onnx")
-    return {"reparam_max_abs_diff": diff, "onnx_max_abs_diff": check_onnx(fused, path, x[:4]),
-            "multi_branch_params": n_params(multi), "fused_params": n_params(fused)}
+    return {
+        "reparam_max_abs_diff": diff,
+        "onnx_max_abs_diff": check_onnx(fused, path, x[:4]),
+        "multi_branch_params": n_params(multi),
+        "fused_params": n_params(fused),
+    }
 
 
 def run_sal(corpus: dict, bc: BenchConfig, bar) -> dict:
@@ -158,7 +185,11 @@ def run_sal(corpus: dict, bc: BenchConfig, bar) -> dict:
             points.append(at_fa_rate(curve, TASK_FA[task]))
             curves.append(curve)
         out[f"{task}/{fam}/{loss}"] = {
-            "task": task, "family": fam, "loss": loss, "seeds": len(seeds), "fa_target": TASK_FA[task],
+            "task": task,
+            "family": fam,
+            "loss": loss,
+            "seeds": len(seeds),
+            "fa_target": TASK_FA[task],
             "frr": float(np.mean([p["frr"] for p in points])),
             "latency_ms": float(np.nanmean([p["latency_ms"] for p in points])),
             "fa_per_hour": float(np.nanmean([p["fa_per_hour"] for p in points])),
@@ -172,17 +203,23 @@ def headline(res: dict) -> dict:
     arch, eff, r2, sal = res["arch"], res["efficiency"], res["r2"], res["sal"]
     return {
         "reparam_max_abs_diff": res["reparam"]["reparam_max_abs_diff"],
-        "repcnn_acc": arch["repcnn"]["acc"], "unibranch_acc": arch["unibranch"]["acc"],
+        "repcnn_acc": arch["repcnn"]["acc"],
+        "unibranch_acc": arch["unibranch"]["acc"],
         "bcresnet_acc": arch["bcresnet"]["acc"],
-        "repcnn_ms_per_frame": eff["repcnn"]["ms_per_frame"], "unibranch_ms_per_frame": eff["unibranch"]["ms_per_frame"],
+        "repcnn_ms_per_frame": eff["repcnn"]["ms_per_frame"],
+        "unibranch_ms_per_frame": eff["unibranch"]["ms_per_frame"],
         "bcresnet_ms_per_frame": eff["bcresnet"]["ms_per_frame"],
-        "repcnn_peak_kb": eff["repcnn"]["peak_kb"], "bcresnet_peak_kb": eff["bcresnet"]["peak_kb"],
-        "sal_frr": sal["kws/unibranch/sal"]["frr"], "ce_frr": sal["kws/unibranch/ce"]["frr"],
-        "sal_latency_ms": sal["kws/unibranch/sal"]["latency_ms"], "ce_latency_ms": sal["kws/unibranch/ce"]["latency_ms"],
+        "repcnn_peak_kb": eff["repcnn"]["peak_kb"],
+        "bcresnet_peak_kb": eff["bcresnet"]["peak_kb"],
+        "sal_frr": sal["kws/unibranch/sal"]["frr"],
+        "ce_frr": sal["kws/unibranch/ce"]["frr"],
+        "sal_latency_ms": sal["kws/unibranch/sal"]["latency_ms"],
+        "ce_latency_ms": sal["kws/unibranch/ce"]["latency_ms"],
         "fa_per_hour_target": TASK_FA["kws"],
         "r2_2bit_acc": max(float(np.mean([r["int2"] for r in r2[n]])) for n in R2_LAMBDA if n != "none"),
-        "r2_2bit_best_regulariser": max((n for n in R2_LAMBDA if n != "none"),
-                                        key=lambda n: float(np.mean([r["int2"] for r in r2[n]]))),
+        "r2_2bit_best_regulariser": max(
+            (n for n in R2_LAMBDA if n != "none"), key=lambda n: float(np.mean([r["int2"] for r in r2[n]]))
+        ),
         "base_2bit_acc": float(np.mean([r["int2"] for r in r2["none"]])),
     }
 
@@ -195,8 +232,8 @@ def targets(h: dict, res: dict) -> dict[str, bool]:
         "repcnn_more_accurate_than_unibranch": h["repcnn_acc"] > h["unibranch_acc"],
         "repcnn_within_1pt_of_bcresnet": h["repcnn_acc"] >= h["bcresnet_acc"] - 1.0,
         "repcnn_half_bcresnet_peak_memory (streaming)": h["repcnn_peak_kb"] <= 0.5 * h["bcresnet_peak_kb"],
-        "repcnn_half_bcresnet_peak_memory (1 s window)":
-            eff["repcnn"]["window_peak_kb"] <= 0.5 * eff["bcresnet"]["window_peak_kb"],
+        "repcnn_half_bcresnet_peak_memory (1 s window)": eff["repcnn"]["window_peak_kb"]
+        <= 0.5 * eff["bcresnet"]["window_peak_kb"],
         "repcnn_lower_latency_than_bcresnet": h["repcnn_ms_per_frame"] < h["bcresnet_ms_per_frame"],
         "sal_lower_frr_than_ce": h["sal_frr"] < h["ce_frr"],
         "sal_lower_latency_than_ce": h["sal_latency_ms"] < h["ce_latency_ms"],
@@ -204,8 +241,9 @@ def targets(h: dict, res: dict) -> dict[str, bool]:
     }
 
 
-def run_bench(quick: bool = False, json_path: str | Path | None = None, out_dir: str | Path | None = None,
-              progress: bool = True) -> dict:
+def run_bench(
+    quick: bool = False, json_path: str | Path | None = None, out_dir: str | Path | None = None, progress: bool = True
+) -> dict:
     """Run everything; write kws.json, kws.md, kws.png under out_dir (default reports/); returns the results."""
     from leaninfer.streaming.kws.report import write_reports
 
@@ -214,9 +252,14 @@ def run_bench(quick: bool = False, json_path: str | Path | None = None, out_dir:
     bc = BenchConfig.make(quick)
     out_dir = Path(out_dir) if out_dir else reports_dir()
     corpus = build_corpus(bc.data, progress=progress)
-    res: dict = {"config": asdict(bc), "machine": machine_info(), "data": {
-        split: {"clips": int(corpus["clips"][split].labels.numel()), "stream_hours": corpus["streams"][split].hours}
-        for split in ("train", "val", "test")}}
+    res: dict = {
+        "config": asdict(bc),
+        "machine": machine_info(),
+        "data": {
+            split: {"clips": int(corpus["clips"][split].labels.numel()), "stream_hours": corpus["streams"][split].hours}
+            for split in ("train", "val", "test")
+        },
+    }
     with tqdm(total=_n_train_steps(bc), desc="bench kws", disable=not progress, unit="step") as bar:
         clip_res, models = run_r2_and_arch(corpus, bc, bar)
         res.update(clip_res)

@@ -28,14 +28,70 @@ log = logging.getLogger(__name__)
 WAKE = "hey nova"
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 CLASSES = ("_silence_", "_unknown_", WAKE, *COMMANDS)
-UNKNOWN = ("hey nora", "nova", "hey", "over", "no way", "novel", "yet", "yellow", "nose", "cup", "town", "lift",
-           "light", "write", "own", "of", "top", "goal", "dog", "bird", "house", "seven", "zero", "happy", "tree",
-           "wow", "learn", "follow", "forward", "visual", "bed", "cat", "one", "two", "three", "dove", "gone",
-           "step", "lefty", "bright", "hay", "know", "supernova", "okay", "now", "stock", "go on", "upon")
-SENTENCES = ("the weather is nice today", "please open the window", "what time is the meeting",
-             "i will call you back later", "turn the music down a little", "we went to the park on sunday",
-             "nobody knows where the novel went", "have you seen my keys", "left or right is fine with me",
-             "the bus stops near the station", "hey can you help me with this", "go over the notes again")
+UNKNOWN = (
+    "hey nora",
+    "nova",
+    "hey",
+    "over",
+    "no way",
+    "novel",
+    "yet",
+    "yellow",
+    "nose",
+    "cup",
+    "town",
+    "lift",
+    "light",
+    "write",
+    "own",
+    "of",
+    "top",
+    "goal",
+    "dog",
+    "bird",
+    "house",
+    "seven",
+    "zero",
+    "happy",
+    "tree",
+    "wow",
+    "learn",
+    "follow",
+    "forward",
+    "visual",
+    "bed",
+    "cat",
+    "one",
+    "two",
+    "three",
+    "dove",
+    "gone",
+    "step",
+    "lefty",
+    "bright",
+    "hay",
+    "know",
+    "supernova",
+    "okay",
+    "now",
+    "stock",
+    "go on",
+    "upon",
+)
+SENTENCES = (
+    "the weather is nice today",
+    "please open the window",
+    "what time is the meeting",
+    "i will call you back later",
+    "turn the music down a little",
+    "we went to the park on sunday",
+    "nobody knows where the novel went",
+    "have you seen my keys",
+    "left or right is fine with me",
+    "the bus stops near the station",
+    "hey can you help me with this",
+    "go over the notes again",
+)
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 VARIANTS = {
     "train": ("", "+m1", "+m2", "+m4", "+m6", "+m7", "+f1", "+f3", "+f5", "+klatt", "+Mike", "+Andy", "+Annie"),
@@ -91,8 +147,9 @@ class StreamSet:
 
 def _random_utterance(text: str, split: str, rng: np.random.Generator, sr: int) -> np.ndarray:
     voice = str(rng.choice(ACCENTS)) + str(rng.choice(VARIANTS[split]))
-    wave = audio.synthesize(text, voice=voice, speed=int(rng.integers(120, 221)), pitch=int(rng.integers(20, 81)),
-                            sample_rate=sr)
+    wave = audio.synthesize(
+        text, voice=voice, speed=int(rng.integers(120, 221)), pitch=int(rng.integers(20, 81)), sample_rate=sr
+    )
     wave, _, _ = audio.trim_silence(wave)
     return wave * np.float32(10.0 ** (rng.uniform(-10.0, 3.0) / 20.0))  # level variation (AGC range)
 
@@ -151,7 +208,9 @@ def _build_clips(cfg: DataConfig, split: str, n_per_class: int, lm: LogMel, bar:
             feats.append(lm(render_clip(cfg, split, label, i)))
             labels.append(label)
             bar.update(1)
-    return ClipSet(torch.stack(feats) if feats else torch.zeros(0, 0, lm.n_mels), torch.tensor(labels, dtype=torch.long))
+    return ClipSet(
+        torch.stack(feats) if feats else torch.zeros(0, 0, lm.n_mels), torch.tensor(labels, dtype=torch.long)
+    )
 
 
 def _build_streams(cfg: DataConfig, split: str, count: int, lm: LogMel, bar: tqdm) -> StreamSet:
@@ -198,16 +257,19 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
     return (data.mean(axis=1) if data.ndim == 2 else data).astype(np.float32), int(rate)
 
 
-def load_speech_commands(root: str | Path, split: str = "test", sample_rate: int = 16000,
-                         silence_per_split: int = 0, seed: int = 0) -> ClipSet:
+def load_speech_commands(
+    root: str | Path, split: str = "test", sample_rate: int = 16000, silence_per_split: int = 0, seed: int = 0
+) -> ClipSet:
     """Google Speech Commands v2 from a local folder (`<root>/<word>/*.wav`, validation_list.txt, testing_list.txt).
 
     Standard 12-class task: the 10 commands, `_unknown_` (every other word) and `_silence_` (1 s crops of
     `_background_noise_`). Returns a ClipSet over GSC12 with 1 s clips (zero-padded or cut).
     """
     root = Path(root)
-    lists = {name: set((root / f"{name}_list.txt").read_text().split()) if (root / f"{name}_list.txt").exists() else set()
-             for name in ("validation", "testing")}
+    lists = {
+        name: set((root / f"{name}_list.txt").read_text().split()) if (root / f"{name}_list.txt").exists() else set()
+        for name in ("validation", "testing")
+    }
     lm, n = LogMel(sample_rate), sample_rate
     feats, labels = [], []
 
@@ -229,5 +291,8 @@ def load_speech_commands(root: str | Path, split: str = "test", sample_rate: int
         wave, rate = _read_wav(noise_files[i % len(noise_files)])
         start = int(rng.integers(0, max(1, wave.size - rate)))
         add(wave[start : start + rate] * rng.uniform(0, 1), rate, 0)
-    return ClipSet(torch.stack(feats) if feats else torch.zeros(0, lm.n_frames(n), lm.n_mels),
-                   torch.tensor(labels, dtype=torch.long), GSC12)
+    return ClipSet(
+        torch.stack(feats) if feats else torch.zeros(0, lm.n_frames(n), lm.n_mels),
+        torch.tensor(labels, dtype=torch.long),
+        GSC12,
+    )

@@ -62,8 +62,16 @@ def export_onnx(model: nn.Module, path: str | Path, n_frames: int = 98) -> Path:
     x = torch.zeros(1, n_frames, model.cfg.n_mels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapped, (x,), str(path), dynamo=False, opset_version=17, input_names=["feats"],
-                          output_names=["logits"], dynamic_axes={"feats": {0: "B", 1: "T"}, "logits": {0: "B", 1: "T"}})
+        torch.onnx.export(
+            wrapped,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["feats"],
+            output_names=["logits"],
+            dynamic_axes={"feats": {0: "B", 1: "T"}, "logits": {0: "B", 1: "T"}},
+        )
     return path
 
 

@@ -93,10 +93,16 @@ class BCBlock(nn.Module):
         super().__init__()
         self.transition = c_in != c_out
         pre = [nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()] if self.transition else []
-        self.f2 = nn.Sequential(*pre, CausalConv2d(c_out, c_out, (3, 1), freq_stride, groups=c_out, bias=False),
-                                SubSpectralNorm(c_out))
-        self.f1 = nn.Sequential(CausalConv2d(c_out, c_out, (1, 3), 1, dilation, groups=c_out, bias=False),
-                                nn.BatchNorm2d(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 1, bias=False), nn.Dropout2d(0.1))
+        self.f2 = nn.Sequential(
+            *pre, CausalConv2d(c_out, c_out, (3, 1), freq_stride, groups=c_out, bias=False), SubSpectralNorm(c_out)
+        )
+        self.f1 = nn.Sequential(
+            CausalConv2d(c_out, c_out, (1, 3), 1, dilation, groups=c_out, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.SiLU(),
+            nn.Conv2d(c_out, c_out, 1, bias=False),
+            nn.Dropout2d(0.1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, F, T)
         aux = self.f2(x)
@@ -114,8 +120,9 @@ class BCResNet(nn.Module):
         self.cfg = cfg
         c = cfg.bc_base
         widths = [c, int(1.5 * c), 2 * c, int(2.5 * c)]
-        self.stem = nn.Sequential(CausalConv2d(1, 2 * c, (5, 5), freq_stride=2, bias=False), nn.BatchNorm2d(2 * c),
-                                  nn.ReLU())
+        self.stem = nn.Sequential(
+            CausalConv2d(1, 2 * c, (5, 5), freq_stride=2, bias=False), nn.BatchNorm2d(2 * c), nn.ReLU()
+        )
         blocks, c_prev = [], 2 * c
         for stage, (width, n, stride) in enumerate(zip(widths, (2, 2, 4, 4), (1, 2, 2, 1))):
             for i in range(n):
@@ -125,7 +132,10 @@ class BCResNet(nn.Module):
         f_last = cfg.n_mels // 8
         self.head = nn.Sequential(
             CausalConv2d(c_prev, c_prev, (5, 5), groups=c_prev, freq_padding=(5 - f_last) // 2 if f_last < 5 else 0),
-            nn.Conv2d(c_prev, 4 * c, 1, bias=False), nn.BatchNorm2d(4 * c), nn.ReLU())
+            nn.Conv2d(c_prev, 4 * c, 1, bias=False),
+            nn.BatchNorm2d(4 * c),
+            nn.ReLU(),
+        )
         self.out = nn.Conv2d(4 * c, cfg.n_out, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, M) -> (B, T, n_out)

@@ -20,40 +20,95 @@ def _sections(res: dict) -> list[tuple[str, str]]:
     h, arch, eff = res["headline"], res["arch"], res["efficiency"]
     mode = "quick (smoke-test sizes: numbers are not meaningful)" if res["config"]["quick"] else "full"
     data = res["data"]
-    intro = (f"Mode: **{mode}**. One run, {res['wall_s'] / 60:.1f} min on {res['machine']['threads']} CPU thread(s), "
-             f"torch {res['machine']['torch']}, {res['machine']['date']}. Synthetic espeak-ng corpus: "
-             f"{data['train']['clips']}/{data['val']['clips']}/{data['test']['clips']} train/val/test clips "
-             f"(13 classes, test speakers unseen), {data['train']['stream_hours']:.2f} h train streams, "
-             f"{data['test']['stream_hours']:.2f} h test streams.")
+    intro = (
+        f"Mode: **{mode}**. One run, {res['wall_s'] / 60:.1f} min on {res['machine']['threads']} CPU thread(s), "
+        f"torch {res['machine']['torch']}, {res['machine']['date']}. Synthetic espeak-ng corpus: "
+        f"{data['train']['clips']}/{data['val']['clips']}/{data['test']['clips']} train/val/test clips "
+        f"(13 classes, test speakers unseen), {data['train']['stream_hours']:.2f} h train streams, "
+        f"{data['test']['stream_hours']:.2f} h test streams."
+    )
     targets = markdown_table(["target", "met"], [[k, "yes" if v else "**no**"] for k, v in res["targets"].items()])
     head = markdown_table(["metric", "value"], [[k, v] for k, v in h.items()], digits=3)
-    arch_rows = [[k, arch[k]["params"], eff[k]["params"], f"{arch[k]['acc']:.2f} ± {arch[k]['acc_std']:.2f}",
-                  arch[k]["seeds"], eff[k]["ms_per_frame"], eff[k]["p90_ms"], eff[k]["state_kb"], eff[k]["peak_kb"],
-                  eff[k]["window_peak_kb"], eff[k]["window_ms"]] for k in arch]
-    arch_md = markdown_table(["model", "train params", "inference params", "test acc % (mean ± std)", "seeds",
-                              "ms/frame (median)", "ms/frame p90", "stream state KiB", "stream peak KiB",
-                              "1 s window peak KiB", "1 s window ms"], arch_rows, digits=3)
-    r2_rows = [[name, len(rows), *[_mean_std(rows, c) for c in QUANT_COLS], np.mean([r["max_abs"] for r in rows]),
-                np.mean([r["kurtosis"] for r in rows])] for name, rows in res["r2"].items()]
+    arch_rows = [
+        [
+            k,
+            arch[k]["params"],
+            eff[k]["params"],
+            f"{arch[k]['acc']:.2f} ± {arch[k]['acc_std']:.2f}",
+            arch[k]["seeds"],
+            eff[k]["ms_per_frame"],
+            eff[k]["p90_ms"],
+            eff[k]["state_kb"],
+            eff[k]["peak_kb"],
+            eff[k]["window_peak_kb"],
+            eff[k]["window_ms"],
+        ]
+        for k in arch
+    ]
+    arch_md = markdown_table(
+        [
+            "model",
+            "train params",
+            "inference params",
+            "test acc % (mean ± std)",
+            "seeds",
+            "ms/frame (median)",
+            "ms/frame p90",
+            "stream state KiB",
+            "stream peak KiB",
+            "1 s window peak KiB",
+            "1 s window ms",
+        ],
+        arch_rows,
+        digits=3,
+    )
+    r2_rows = [
+        [
+            name,
+            len(rows),
+            *[_mean_std(rows, c) for c in QUANT_COLS],
+            np.mean([r["max_abs"] for r in rows]),
+            np.mean([r["kurtosis"] for r in rows]),
+        ]
+        for name, rows in res["r2"].items()
+    ]
     r2_md = markdown_table(["regulariser", "seeds", *QUANT_COLS, "max abs W", "kurtosis"], r2_rows, digits=3)
-    sal_rows = [[v["task"], v["family"], v["loss"], v["seeds"], v["fa_target"], v["fa_per_hour"], v["frr"],
-                 v["latency_ms"]] for v in res["sal"].values()]
-    sal_md = markdown_table(["task", "family", "loss", "seeds", "FA/h target", "FA/h at point", "FRR %",
-                             "latency ms"], sal_rows)
+    sal_rows = [
+        [v["task"], v["family"], v["loss"], v["seeds"], v["fa_target"], v["fa_per_hour"], v["frr"], v["latency_ms"]]
+        for v in res["sal"].values()
+    ]
+    sal_md = markdown_table(
+        ["task", "family", "loss", "seeds", "FA/h target", "FA/h at point", "FRR %", "latency ms"], sal_rows
+    )
     rp = res["reparam"]
-    rep_md = (f"Max |multi-branch − fused| on 64 test clips (eval mode, fp32): {rp['reparam_max_abs_diff']:.2e}. "
-              f"ONNX (onnxruntime) vs PyTorch for the fused model: {rp['onnx_max_abs_diff']:.2e}. "
-              f"Parameters: {rp['multi_branch_params']} train-time → {rp['fused_params']} after folding.")
-    return [("", intro), ("Targets", targets), ("Headline", head),
-            ("Models (clips, streaming runtime)", arch_md + "\n\nLatency/memory: streaming runtime, one 10 ms hop per "
-             "step, 1 thread; peak = streaming state (ring buffers + logits window) + peak live intermediates of a "
-             "step. Window = whole 1 s clip in one call (how a non-streaming deployment would run)."),
-            ("R^2 and post-training quantisation (fused RepCNN)", r2_md + "\n\nUniform: per-output-channel symmetric, "
-             "levels {-2^(b-1) … 2^(b-1)-1}·s, s = max|W|/2^(b-1); k-means: per-tensor, 2^b centroids. All conv "
-             "weights quantised (stem and head included)."),
-            ("SAL vs CE (frame detectors)", sal_md + "\n\nFRR and latency at the best threshold with FA/h ≤ target, "
-             "mean over seeds; latency = trigger − anchor (end of wake phrase / speech onset)."),
-            ("Re-parameterisation and export", rep_md)]
+    rep_md = (
+        f"Max |multi-branch − fused| on 64 test clips (eval mode, fp32): {rp['reparam_max_abs_diff']:.2e}. "
+        f"ONNX (onnxruntime) vs PyTorch for the fused model: {rp['onnx_max_abs_diff']:.2e}. "
+        f"Parameters: {rp['multi_branch_params']} train-time → {rp['fused_params']} after folding."
+    )
+    return [
+        ("", intro),
+        ("Targets", targets),
+        ("Headline", head),
+        (
+            "Models (clips, streaming runtime)",
+            arch_md + "\n\nLatency/memory: streaming runtime, one 10 ms hop per "
+            "step, 1 thread; peak = streaming state (ring buffers + logits window) + peak live intermediates of a "
+            "step. Window = whole 1 s clip in one call (how a non-streaming deployment would run).",
+        ),
+        (
+            "R^2 and post-training quantisation (fused RepCNN)",
+            r2_md + "\n\nUniform: per-output-channel symmetric, "
+            "levels {-2^(b-1) … 2^(b-1)-1}·s, s = max|W|/2^(b-1); k-means: per-tensor, 2^b centroids. The first "
+            "(stem) and last (head) weight tensors stay at 8-bit uniform; all others use the listed format.",
+        ),
+        (
+            "SAL vs CE (frame detectors)",
+            sal_md + "\n\nFRR and latency at the best threshold with FA/h ≤ target, "
+            "mean over seeds; latency = trigger − anchor (end of wake phrase / speech onset).",
+        ),
+        ("Re-parameterisation and export", rep_md),
+    ]
 
 
 def _draw(res: dict):

@@ -61,8 +61,14 @@ def regularised_weights(model: nn.Module) -> list[torch.Tensor]:
     """Weights R^2 acts on: the fused (inference-time) conv kernels, plus any other conv/linear/GRU weights."""
     kernels = fused_kernels(model)
     if kernels:
-        head = [m.weight for m in model.modules() if isinstance(m, nn.Conv1d) and m.kernel_size[0] == 1
-                and getattr(m, "bias", None) is not None and m.weight.shape[0] == getattr(model, "cfg").n_out]
+        head = [
+            m.weight
+            for m in model.modules()
+            if isinstance(m, nn.Conv1d)
+            and m.kernel_size[0] == 1
+            and getattr(m, "bias", None) is not None
+            and m.weight.shape[0] == getattr(model, "cfg").n_out
+        ]
         return kernels + head
     return [p for n, p in model.named_parameters() if p.dim() > 1]
 
@@ -83,8 +89,13 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.masked_fill(mask[..., None], float(x.mean()))
 
 
-def train_clips(mcfg: ModelConfig, tc: TrainConfig, train: ClipSet, norm: tuple[torch.Tensor, torch.Tensor] | None = None,
-                progress=None) -> nn.Module:
+def train_clips(
+    mcfg: ModelConfig,
+    tc: TrainConfig,
+    train: ClipSet,
+    norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress=None,
+) -> nn.Module:
     """Train a clip classifier with CE on mean-pooled frame logits (+ lam * R^2 if tc.reg != 'none')."""
     torch.set_num_threads(1)
     torch.manual_seed(tc.seed)
@@ -124,8 +135,12 @@ def normalise(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def eval_clips(model: nn.Module, clips: ClipSet, batch: int = 256) -> float:
     model.eval()
-    logits = torch.cat([clip_logits(model, normalise(model, clips.feats[i : i + batch]))
-                        for i in range(0, clips.labels.numel(), batch)])
+    logits = torch.cat(
+        [
+            clip_logits(model, normalise(model, clips.feats[i : i + batch]))
+            for i in range(0, clips.labels.numel(), batch)
+        ]
+    )
     return clip_accuracy(logits, clips.labels)
 
 
