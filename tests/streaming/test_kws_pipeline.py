@@ -1,0 +1,91 @@
+"""Training loops, ONNX export and the CLI on a tiny in-memory corpus (no espeak needed)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from leaninfer.streaming.kws.data import CLASSES, ClipSet, StreamSet
+from leaninfer.streaming.kws.export import check_onnx, export_onnx, load_model, save_model
+from leaninfer.streaming.kws.models import ModelConfig
+from leaninfer.streaming.kws.train import TrainConfig, eval_clips, stream_posteriors, train_clips, train_frames
+from leaninfer.streaming.reparam import reparameterize
+
+torch.set_num_threads(1)  # tiny models; the machine is shared
+
+
+def tiny_corpus() -> dict:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(len(CLASSES)).repeat(2)
+    feats = torch.randn(labels.numel(), 30, 40, generator=g) + labels[:, None, None] * 0.3
+    clips = ClipSet(feats, labels)
+    events = [
+        [
+            {"start": 0.5, "end": 1.0, "text": "hey nova", "kind": "wake"},
+            {"start": 2.0, "end": 2.4, "text": "yes", "kind": "command"},
+        ]
+    ] * 2
+    streams = StreamSet([torch.randn(350, 40, generator=g) for _ in range(2)], events, [3.5, 3.5])
+    return {"clips": {"train": clips, "val": clips, "test": clips}, "streams": {"train": streams, "val": streams, "test": streams}}
+
+
+@pytest.mark.parametrize("kind", ["repcnn", "unibranch", "gru"])
+def test_train_clips_runs_and_learns_something(kind):
+    c = tiny_corpus()["clips"]["train"]
+    model = train_clips(ModelConfig(kind=kind, channels=8, gru_hidden=8), TrainConfig(steps=30, batch=16), c)
+    assert eval_clips(model, c) > 100 / len(CLASSES)
+
+
+@pytest.mark.parametrize("loss", ["ce", "sal", "sa+fl", "safl"])
+def test_train_frames_all_losses(loss):
+    s = tiny_corpus()["streams"]["train"]
+    tc = TrainConfig(steps=3, batch=2, loss=loss, segment=100)
+    model = train_frames(ModelConfig(kind="unibranch", n_out=1, channels=8), tc, s, "kws")
+    post = stream_posteriors(model, s)
+    assert len(post) == 2 and post[0].shape == (350,) and np.all((post[0] >= 0) & (post[0] <= 1))
+
+
+def test_r2_training_on_fused_kernels_and_checkpoint(tmp_path):
+    c = tiny_corpus()["clips"]["train"]
+    model = train_clips(ModelConfig(kind="repcnn", channels=8), TrainConfig(steps=5, reg="linf", reg_lambda=0.1), c)
+    fused = reparameterize(model)
+    save_model(model, tmp_path / "multi")
+    save_model(fused, tmp_path / "fused", deployed=True)
+    x = torch.randn(2, 30, 40)
+    with torch.inference_mode():
+        torch.testing.assert_close(load_model(tmp_path / "multi")(x), model(x))
+        torch.testing.assert_close(load_model(tmp_path / "fused")(x), fused(x))
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    c = tiny_corpus()["clips"]["train"]
+    fused = reparameterize(train_clips(ModelConfig(kind="repcnn", channels=8), TrainConfig(steps=2), c))
+    path = export_onnx(fused, tmp_path / "m.onnx")
+    assert check_onnx(fused, path, torch.randn(2, 45, 40)) <= 1e-4
+
+
+def test_cli(tmp_path, monkeypatch):
+    from leaninfer.cli import app
+    from leaninfer.streaming.kws import data
+
+    corpus = tiny_corpus()
+    monkeypatch.setattr(data, "build_corpus", lambda *a, **k: corpus)
+    runner = CliRunner()
+    ck = str(tmp_path / "ck")
+    r = runner.invoke(app, ["kws", "train", ck, "--steps", "3", "--quick"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "fused"
+    r = runner.invoke(
+        app, ["kws", "reparam", ck, str(out), "--onnx", str(tmp_path / "m.onnx"), "--json", str(tmp_path / "r.json")]
+    )
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["max_abs_diff"] <= 1e-5 and res["onnx_max_abs_diff"] <= 1e-4
+    r = runner.invoke(app, ["kws", "quantize", str(out), str(tmp_path / "q"), "--bits", "2", "--quick"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["kws", "eval", str(tmp_path / "q"), "--quick"])
+    assert r.exit_code == 0 and "ms_per_frame" in r.output
+    r = runner.invoke(app, ["kws", "data", "--quick"])
+    assert r.exit_code == 0 and "stream_hours" in r.output
