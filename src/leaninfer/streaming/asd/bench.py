@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class BenchConfig:
     quick: bool = False
     seed: int = 0
-    train_scenes: int = 200
+    train_scenes: int = 160
     test_scenes: int = 80
     frames: int = 200
     pasts: list[int | None] = field(default_factory=lambda: [0, 2, 8, 32, None])
@@ -36,12 +36,13 @@ class BenchConfig:
     profile_pasts: list[int] = field(default_factory=lambda: [0, 16, 64, 256, 1024, 4096])
     profile_future: int = 2
     stream_frames: int = 1000  # stream length for the latency/memory grid (P = inf grows with it)
+    source: str = "espeak"  # speech source of the synthetic data ("tone" only for tests)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @staticmethod
     def make(quick: bool, seed: int = 0) -> BenchConfig:
         if not quick:
-            return BenchConfig(seed=seed, train=TrainConfig(front_steps=500, backend_epochs=25, seed=seed))
+            return BenchConfig(seed=seed, train=TrainConfig(front_steps=400, backend_epochs=30, seed=seed))
         return BenchConfig(quick=True, seed=seed, train_scenes=40, test_scenes=16, pasts=[0, 8, None],
                            futures=[0, 4], profile_pasts=[0, 64, 512], stream_frames=300,
                            train=TrainConfig(front_steps=120, backend_epochs=8, seed=seed))
@@ -59,7 +60,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     """Train everything, measure everything; returns the results dict (also the JSON payload)."""
     torch.set_num_threads(1)
     t_start = time.time()
-    synth = dict(frames=cfg.frames, faces=3, size=32, seed=cfg.seed)
+    synth = dict(frames=cfg.frames, faces=3, size=32, seed=cfg.seed, source=cfg.source)
     train = synthetic(SynthConfig(split="train", n_scenes=cfg.train_scenes, **synth), progress=progress)
     test = synthetic(SynthConfig(split="test", n_scenes=cfg.test_scenes, **synth), progress=progress)
     t_data = time.time() - t_start

@@ -33,6 +33,7 @@ class TrainConfig:
     backend_epochs: int = 30
     backend_batch: int = 32
     backend_lr: float = 2e-3
+    backend_crop: int | None = 100  # train back ends on random crops of this many frames (None = whole tracks)
     weight_decay: float = 1e-2
     seed: int = 0
 
@@ -115,14 +116,26 @@ def train_backend(emb: torch.Tensor, labels: torch.Tensor, cfg: BackendConfig, t
     for _ in range(tcfg.backend_epochs):
         perm = torch.randperm(len(emb), generator=gen)
         for i in range(0, len(emb), tcfg.backend_batch):
-            idx = perm[i : i + tcfg.backend_batch]
-            loss = _bce(backend(emb[idx]), labels[idx])
+            x, y = _crop(emb[perm[i : i + tcfg.backend_batch]], labels[perm[i : i + tcfg.backend_batch]],
+                         tcfg.backend_crop, gen)
+            loss = _bce(backend(x), y)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(backend.parameters(), 1.0)
             opt.step()
             sched.step()
     return backend.eval()
+
+
+def _crop(x: torch.Tensor, y: torch.Tensor, crop: int | None, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random window of `crop` frames per sequence: x (B, T, D), y (B, T)."""
+    b, t = y.shape
+    if crop is None or crop >= t:
+        return x, y
+    starts = torch.randint(0, t - crop + 1, (b,), generator=gen)
+    idx = starts[:, None] + torch.arange(crop)[None]  # (B, crop)
+    rows = torch.arange(b)[:, None]
+    return x[rows, idx], y[rows, idx]
 
 
 @torch.no_grad()
