@@ -47,7 +47,8 @@ def test_band_attention_matches_loop_reference(past, future):
         attn.rel_bias.normal_()
     x = torch.randn(2, 11, 32)
     with torch.no_grad():
-        torch.testing.assert_close(attn(x, past, future), reference_attention(x, attn, past, future), atol=1e-5, rtol=1e-5)
+        ref = reference_attention(x, attn, past, future)
+        torch.testing.assert_close(attn(x, past, future), ref, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("past,future", [(0, 0), (3, 0), (3, 2), (None, 1), (6, 4)])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,7 +10,7 @@ asd_app = typer.Typer(help="Real-time active speaker detection (synthetic AV ben
                       no_args_is_help=True)
 
 
-def _opt_int(value: str) -> Optional[int]:
+def _opt_int(value: str) -> int | None:
     return None if value.lower() in ("inf", "none", "") else int(value)
 
 
@@ -19,7 +18,7 @@ def _opt_int(value: str) -> Optional[int]:
 def data_cmd(train_scenes: int = typer.Option(200, help="training scenes (3 face tracks each)"),
              test_scenes: int = typer.Option(80, help="test scenes"),
              frames: int = typer.Option(200, help="frames per scene (25 fps)"),
-             seed: int = typer.Option(0), preview: Optional[Path] = typer.Option(None, help="write a PNG of frames")):
+             seed: int = typer.Option(0), preview: Path | None = typer.Option(None, help="write a PNG of frames")):
     """Render (or load from cache) the synthetic audio-visual benchmark."""
     from leaninfer.streaming.asd.data import SynthConfig, synthetic
 
@@ -53,9 +52,9 @@ def _preview(d, path: Path) -> None:
 def train_cmd(kind: str = typer.Option("band", help="band | gru_uni | gru_bi"),
               past: str = typer.Option("16", help="past frames P per layer (inf = unbounded)"),
               future: str = typer.Option("2", help="look-ahead frames F (inf = whole clip)"),
-              ava_root: Optional[Path] = typer.Option(None, help="AVA-ActiveSpeaker folder (see docs/asd.md)"),
+              ava_root: Path | None = typer.Option(None, help="AVA-ActiveSpeaker folder (see docs/asd.md)"),
               train_scenes: int = 200, test_scenes: int = 80, front_steps: int = 500, epochs: int = 25,
-              seed: int = 0, out: Optional[Path] = typer.Option(None, help="checkpoint path")):
+              seed: int = 0, out: Path | None = typer.Option(None, help="checkpoint path")):
     """Train front end + one back end; print test mAP and save a checkpoint."""
     import numpy as np
     import torch
@@ -63,8 +62,15 @@ def train_cmd(kind: str = typer.Option("band", help="band | gru_uni | gru_bi"),
     from leaninfer.paths import cache_dir
     from leaninfer.streaming.asd.data import SynthConfig, synthetic
     from leaninfer.streaming.asd.models import ASDModel, BackendConfig
-    from leaninfer.streaming.asd.train import (TrainConfig, backend_scores, embed, evaluate, save_model,
-                                               train_backend, train_front)
+    from leaninfer.streaming.asd.train import (
+        TrainConfig,
+        backend_scores,
+        embed,
+        evaluate,
+        save_model,
+        train_backend,
+        train_front,
+    )
 
     torch.set_num_threads(1)
     if ava_root is not None:
@@ -96,8 +102,17 @@ def stream_cmd(checkpoint: Path, frames: int = typer.Option(400, help="frames to
         typer.echo(f"{k}: {v}")
 
 
+@asd_app.command("report")
+def report_cmd(json_path: Path = typer.Argument(Path("reports/asd.json"), help="results of `leaninfer bench asd`")):
+    """Redraw reports/asd.md and reports/asd.png from a saved results JSON."""
+    from leaninfer.streaming.asd.bench import reports_from_json
+
+    for kind, path in reports_from_json(json_path).items():
+        typer.echo(f"{kind}: {path}")
+
+
 def bench_asd(quick: bool = typer.Option(False, "--quick", help="small smoke run (a few minutes)"),
-              json_path: Optional[Path] = typer.Option(None, "--json", help="results JSON (default reports/asd.json)"),
+              json_path: Path | None = typer.Option(None, "--json", help="results JSON (default reports/asd.json)"),
               seed: int = typer.Option(0)):
     """mAP over a (P, F) grid vs GRU baselines, streaming latency/memory; writes reports/asd.{json,md,png}."""
     from leaninfer.streaming.asd.bench import bench

@@ -14,12 +14,19 @@ import numpy as np
 import torch
 
 from leaninfer.bench.report import machine_info, peak_rss_mb, write_json
-from leaninfer.streaming.asd.cost import measure_stream, param_counts, profile_past_sweep, slope, with_reach
+from leaninfer.streaming.asd.cost import measure_stream, param_counts, profile_past_sweep, slope
 from leaninfer.streaming.asd.data import SynthConfig, synthetic
 from leaninfer.streaming.asd.models import ASDModel, BackendConfig, FrontConfig
 from leaninfer.streaming.asd.stream import stream_clip
-from leaninfer.streaming.asd.train import (TrainConfig, backend_scores, embed, evaluate, front_scores, train_backend,
-                                           train_front)
+from leaninfer.streaming.asd.train import (
+    TrainConfig,
+    backend_scores,
+    embed,
+    evaluate,
+    front_scores,
+    train_backend,
+    train_front,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +171,16 @@ def write_reports(payload: dict, out_dir: Path, stem: str = "asd") -> dict[str, 
     """reports/asd.md and reports/asd.png from a saved payload."""
     from leaninfer.streaming.asd.report import write_markdown_report, write_png
 
-    return {"md": write_markdown_report(payload, out_dir / f"{stem}.md"), "png": write_png(payload, out_dir / f"{stem}.png")}
+    return {"md": write_markdown_report(payload, out_dir / f"{stem}.md"),
+            "png": write_png(payload, out_dir / f"{stem}.png")}
+
+
+def reports_from_json(json_path: Path) -> dict[str, Path]:
+    """Redraw the markdown and the plot next to a saved results JSON (no re-running)."""
+    import json
+
+    json_path = Path(json_path)
+    return write_reports(json.loads(json_path.read_text()), json_path.parent, json_path.stem)
 
 
 def bench(quick: bool = False, json_path: Path | None = None, out_dir: Path | None = None, seed: int = 0,

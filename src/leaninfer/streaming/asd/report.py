@@ -69,7 +69,8 @@ def write_markdown_report(payload: dict, path: Path) -> Path:
         ("Findings", _verdicts(payload)),
         ("mAP over past P and future F (frames; one layer looks ahead, so latency = F frames = 40·F ms)",
          _grid_table(h["map_grid"])),
-        ("Streaming latency, ms per frame (whole model: encoders + back end, median)", _grid_table(h["ms_per_frame_grid"], 3)),
+        ("Streaming latency, ms per frame (whole model: encoders + back end, median)",
+         _grid_table(h["ms_per_frame_grid"], 3)),
         (f"Per-stream state memory, KiB (peak allocated over a {payload['config']['stream_frames']}-frame stream; "
          "P = inf keeps growing with the stream, its ring doubling when full)", _grid_table(h["peak_kb_grid"], 1)),
         ("All back ends", markdown_table(["back end", "mAP", "look-ahead (frames)", "params", "ms/frame",

@@ -127,7 +127,8 @@ def train_backend(emb: torch.Tensor, labels: torch.Tensor, cfg: BackendConfig, t
     return backend.eval()
 
 
-def _crop(x: torch.Tensor, y: torch.Tensor, crop: int | None, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _crop(x: torch.Tensor, y: torch.Tensor, crop: int | None,
+          gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Random window of `crop` frames per sequence: x (B, T, D), y (B, T)."""
     b, t = y.shape
     if crop is None or crop >= t:
