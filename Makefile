@@ -1,5 +1,5 @@
 # Each target bootstraps .venv when it is missing. torch==2.13.0 comes from the local CPU wheel.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

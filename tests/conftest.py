@@ -20,3 +20,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(request, tmp_path_factory, monkeypatch):
+    """Fast tests write converted/quantised weights to a temporary cache; slow tests use the user cache."""
+    if "slow" not in request.keywords:
+        monkeypatch.setenv("LEANINFER_CACHE", str(tmp_path_factory.getbasetemp() / "leaninfer-cache"))

@@ -121,9 +121,12 @@ def _tokenizer(path: Path, cfg: ModelConfig) -> Tokenizer | None:
     return tok
 
 
+QUANT_FORMAT = 2  # bump when the layout of quantised layers changes (2: fused qkv and gate_up)
+
+
 def quantized_path(folder: Path, precision: str) -> Path:
-    """Where the quantised state of a model folder is cached (keyed by folder path and mtime)."""
+    """Where the quantised state of a model folder is cached (keyed by folder path, mtime and format)."""
     folder = Path(folder)
     stamp = max(f.stat().st_mtime for f in folder.iterdir())
     key = hashlib.sha1(f"{folder.resolve()}|{int(stamp)}".encode()).hexdigest()[:12]
-    return cache_dir("quantized") / f"{folder.name}-{key}-{precision}.safetensors"
+    return cache_dir("quantized") / f"{folder.name}-{key}-{precision}-v{QUANT_FORMAT}.safetensors"

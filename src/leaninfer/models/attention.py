@@ -50,8 +50,9 @@ def build_mask(
     k_pos: torch.Tensor,
     window: int | None = None,
     block_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Boolean attention mask (B, 1, T, S), True = attend.
+) -> torch.Tensor | None:
+    """Boolean attention mask (B, 1, T, S), True = attend; None when a single query sees every key
+    (the common decode step), which lets attention skip the mask.
 
     q_pos: (B, T) positions of the new tokens (-1 marks padding).
     k_pos: (B, S) positions of every key slot (-1 marks empty or padded slots); the last T slots are the
@@ -77,6 +78,8 @@ def build_mask(
         eye = torch.zeros(1, T, S, dtype=torch.bool, device=mask.device)
         eye[0, torch.arange(T), torch.arange(S - T, S)] = True
         mask = torch.where(pad, eye, mask)
+    if T == 1 and bool(mask.all()):
+        return None
     return mask[:, None]
 
 
@@ -99,6 +102,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(nh * hd, cfg.norm_eps, cfg.norm_offset)
             self.k_norm = RMSNorm(nkv * hd, cfg.norm_eps, cfg.norm_offset)
         self.sliding = cfg.layer_types[layer] == "sliding"
+        self.split = [nh * hd, nkv * hd, nkv * hd]
 
     def forward(
         self,
@@ -112,7 +116,10 @@ class Attention(nn.Module):
         """x: (B, T, dim); cos/sin: (B, T, D); mask: (B, 1, T, S). Returns (B, T, dim)."""
         cfg = self.cfg
         B, T, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if hasattr(self, "qkv"):  # fused projection (quantised models)
+            q, k, v = self.qkv(x).split(self.split, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if cfg.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)  # (B, H, T, D)

@@ -120,6 +120,7 @@ def quantize_model(model: nn.Module, precision: str, group: int = 32, empty: boo
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return model
+    _fuse_projections(model)
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and child.in_features % group == 0:
@@ -133,3 +134,26 @@ def _make(weight, bias, precision, group, empty) -> QuantLinear:
     if empty:
         return QuantLinear(weight.shape[1], weight.shape[0], bias is not None, precision, group)
     return QuantLinear.from_linear(weight, bias, precision, group)
+
+
+def _fuse_projections(model: nn.Module) -> None:
+    """Concatenate q/k/v and gate/up linears into one linear each: fewer, larger low-precision matmuls."""
+    from leaninfer.models.attention import Attention
+    from leaninfer.models.transformer import MLP
+
+    def fuse(parts: list[nn.Linear]) -> nn.Linear:
+        out = sum(p.out_features for p in parts)
+        has_bias = parts[0].bias is not None
+        fused = nn.Linear(parts[0].in_features, out, bias=has_bias, device=parts[0].weight.device)
+        fused.weight = nn.Parameter(torch.cat([p.weight.detach() for p in parts]), requires_grad=False)
+        if has_bias:
+            fused.bias = nn.Parameter(torch.cat([p.bias.detach() for p in parts]), requires_grad=False)
+        return fused
+
+    for module in model.modules():
+        if isinstance(module, Attention) and not hasattr(module, "qkv"):
+            module.qkv = fuse([module.q_proj, module.k_proj, module.v_proj])
+            del module.q_proj, module.k_proj, module.v_proj
+        elif isinstance(module, MLP) and not hasattr(module, "gate_up"):
+            module.gate_up = fuse([module.gate_proj, module.up_proj])
+            del module.gate_proj, module.up_proj

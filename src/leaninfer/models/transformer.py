@@ -30,6 +30,9 @@ class MLP(nn.Module):
         self.act = act_fn(act)
 
     def forward(self, x: torch.Tensor, routing: Routing | None = None) -> torch.Tensor:
+        if hasattr(self, "gate_up"):  # fused projection (quantised models)
+            g, u = self.gate_up(x).chunk(2, dim=-1)
+            return self.down_proj(self.act(g) * u)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 

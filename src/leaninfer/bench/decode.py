@@ -1,0 +1,261 @@
+"""`leaninfer bench decode`: our AR decode vs transformers `generate` (fp32, same weights) vs llama.cpp
+(same GGUF), in one process and one run, on a fixed Spec-Bench prompt set."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from leaninfer.bench.report import machine_info, markdown_table, median, write_json, write_markdown, write_plot
+from leaninfer.eval.specbench import format_prompt, load_questions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeBenchConfig:
+    model: str = "default"
+    precision: str | None = None  # None = the library default
+    questions: Path | None = None
+    per_category: int = 1  # prompts per Spec-Bench category (13 categories)
+    max_new_tokens: int = 64
+    repeats: int = 3
+    backends: list[str] = field(default_factory=lambda: ["ours", "ours_fp32", "hf", "llamacpp"])
+    threads: int | None = None
+
+    @classmethod
+    def quick(cls, **kw) -> DecodeBenchConfig:
+        return cls(per_category=None, max_new_tokens=32, repeats=1, **kw)
+
+
+class RssSampler:
+    """Samples this process's resident set size in a thread; `peak_mb` since the last reset."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    @staticmethod
+    def current() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            time.sleep(self.interval)
+
+    def reset(self) -> None:
+        self.peak = self.current()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _time_runs(name, fn, prompts, cfg: DecodeBenchConfig, sampler: RssSampler) -> dict:
+    """fn(prompt) -> (new_tokens, ttft_s, e2e_s). Median over repeats of per-run aggregates."""
+    fn(prompts[0])  # warm-up
+    runs = []
+    for r in range(cfg.repeats):
+        toks = ttfts = tpots = 0.0
+        e2e_total = 0.0
+        for p in tqdm(prompts, desc=f"{name} run {r + 1}/{cfg.repeats}", leave=False):
+            n, ttft, e2e = fn(p)
+            toks += n
+            e2e_total += e2e
+            ttfts += ttft
+            tpots += (e2e - ttft) / max(n - 1, 1)
+        runs.append({"tokens_per_s": toks / e2e_total, "ttft_s": ttfts / len(prompts), "tpot_s": tpots / len(prompts),
+                     "new_tokens": toks})
+    return {
+        "tokens_per_s": median([x["tokens_per_s"] for x in runs]),
+        "ttft_s": median([x["ttft_s"] for x in runs]),
+        "tpot_s": median([x["tpot_s"] for x in runs]),
+        "new_tokens_per_run": runs[0]["new_tokens"],
+        "runs": runs,
+        "peak_rss_mb": sampler.peak_mb,
+    }
+
+
+def _ours(cfg, precision):
+    import leaninfer
+
+    engine = leaninfer.load(cfg.model, precision=precision)
+
+    def run(prompt):
+        out = engine.generate(prompt, max_new_tokens=cfg.max_new_tokens, eos=False)
+        return len(out.token_ids), out.stats["ttft_s"], out.stats["e2e_s"]
+
+    return run, engine
+
+
+def _hf(cfg):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from leaninfer.io.store import default_gguf
+
+    gguf = default_gguf() if cfg.model == "default" else Path(cfg.model)
+    if gguf.suffix != ".gguf":
+        tok = AutoTokenizer.from_pretrained(gguf)
+        model = AutoModelForCausalLM.from_pretrained(gguf, dtype=torch.float32).eval()
+    else:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+
+    def run(prompt):
+        ids = tok(prompt, return_tensors="pt").input_ids
+        first = {}
+
+        class Streamer:  # records the time of the first generated token
+            def put(self, value):
+                if first.get("n", 0) == 1 and "t" not in first:
+                    first["t"] = time.perf_counter()
+                first["n"] = first.get("n", 0) + 1
+
+            def end(self):
+                pass
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.max_new_tokens,
+                                 do_sample=False, streamer=Streamer(), pad_token_id=tok.pad_token_id)
+        e2e = time.perf_counter() - t0
+        return out.shape[1] - ids.shape[1], first.get("t", t0 + e2e) - t0, e2e
+
+    return run, model
+
+
+def _llamacpp(cfg):
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None, None
+    from leaninfer.io.store import default_gguf
+
+    gguf = default_gguf() if cfg.model == "default" else Path(cfg.model)
+    llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False, seed=0)
+
+    def run(prompt):
+        t0 = time.perf_counter()
+        ttft, n = None, 0
+        for _ in llm(prompt, max_tokens=cfg.max_new_tokens, temperature=0.0, stream=True):
+            n += 1
+            if ttft is None:
+                ttft = time.perf_counter() - t0
+        return n, ttft or 0.0, time.perf_counter() - t0
+
+    return run, llm
+
+
+def run_decode_bench(cfg: DecodeBenchConfig) -> dict:
+    """Run every backend on the same prompts; returns the result dict (also the JSON payload)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    from leaninfer.engine import DEFAULT_PRECISION
+
+    precision = cfg.precision or DEFAULT_PRECISION
+    questions = load_questions(cfg.questions, per_category=cfg.per_category)
+    if cfg.per_category is None:  # quick: four categories
+        questions = [q for q in questions if q.category in ("writing", "qa", "summarization", "math_reasoning")][:4]
+    prompts = [format_prompt(q) for q in questions]
+    sampler = RssSampler()
+    results: dict[str, dict | None] = {}
+    notes: dict[str, str] = {}
+    for backend in cfg.backends:
+        gc.collect()
+        sampler.reset()
+        if backend == "ours":
+            fn, keep = _ours(cfg, precision)
+        elif backend == "ours_fp32":
+            fn, keep = _ours(cfg, "fp32")
+        elif backend == "hf":
+            fn, keep = _hf(cfg)
+        elif backend == "llamacpp":
+            fn, keep = _llamacpp(cfg)
+            if fn is None:
+                notes["llamacpp"] = "llama-cpp-python is not installed (pip install -e '.[llamacpp]'); skipped"
+                log.warning(notes["llamacpp"])
+                results[backend] = None
+                continue
+        else:
+            raise ValueError(f"unknown backend {backend!r}")
+        results[backend] = _time_runs(backend, fn, prompts, cfg, sampler)
+        del fn, keep
+    sampler.close()
+    ours, hf, lc = results.get("ours"), results.get("hf"), results.get("llamacpp")
+    headline = {
+        "ours_precision": precision,
+        "ours_tokens_per_s": ours and ours["tokens_per_s"],
+        "ours_fp32_tokens_per_s": results.get("ours_fp32") and results["ours_fp32"]["tokens_per_s"],
+        "hf_tokens_per_s": hf and hf["tokens_per_s"],
+        "llamacpp_tokens_per_s": lc and lc["tokens_per_s"],
+        "speedup_vs_hf": (ours["tokens_per_s"] / hf["tokens_per_s"]) if ours and hf else None,
+        "ratio_to_llamacpp": (ours["tokens_per_s"] / lc["tokens_per_s"]) if ours and lc else None,
+    }
+    return {
+        "benchmark": "decode",
+        "config": {**asdict(cfg), "questions": str(cfg.questions or "default"), "n_prompts": len(prompts)},
+        "machine": machine_info(),
+        "headline": headline,
+        "backends": results,
+        "notes": notes,
+    }
+
+
+LABELS = {"ours": "leaninfer AR ({p})", "ours_fp32": "leaninfer AR (fp32)", "hf": "transformers generate (fp32)",
+          "llamacpp": "llama.cpp (Q4_K_M GGUF)"}
+
+
+def write_decode_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
+    """JSON first, then markdown and PNG drawn from the saved result."""
+    json_path = write_json(json_path, result)
+    p = result["headline"]["ours_precision"]
+    rows = []
+    for name, r in result["backends"].items():
+        label = LABELS[name].format(p=p)
+        if r is None:
+            rows.append([label, None, None, None, None])
+        else:
+            rows.append([label, r["tokens_per_s"], r["ttft_s"] * 1000, r["tpot_s"] * 1000, r["peak_rss_mb"]])
+    h = result["headline"]
+    c = result["config"]
+    summary = (f"Our AR decode at the default precision ({p}): **{h['ours_tokens_per_s']:.1f} tokens/s**, "
+               f"{h['speedup_vs_hf']:.2f}× transformers `generate` (fp32). " if h["speedup_vs_hf"] else "")
+    if h["ratio_to_llamacpp"]:
+        summary += f"llama.cpp on the same GGUF: {h['llamacpp_tokens_per_s']:.1f} tokens/s (ours = " \
+                   f"{h['ratio_to_llamacpp']:.2f}× llama.cpp)."
+    table = markdown_table(["backend", "tokens/s", "TTFT ms", "TPOT ms", "peak RSS MiB"], rows, digits=1)
+    how = (f"{c['n_prompts']} Spec-Bench prompts (first question of each category), {c['max_new_tokens']} new "
+           f"tokens each (EOS ignored), greedy, median of {c['repeats']} runs; "
+           f"{result['machine']['threads']} threads; {result['machine']['processor']}. Peak RSS is sampled "
+           "during each backend's phase of the same process (backends run in turn, earlier ones freed).")
+    md = write_markdown(json_path.with_suffix(".md"), "Decode benchmark", [
+        ("", summary), ("Results", table), ("Method", how),
+        ("Reproduce", f"`leaninfer bench decode --json {json_path}`"),
+        ("Notes", "\n".join(f"- {k}: {v}" for k, v in result["notes"].items()) or "none"),
+    ])
+
+    def draw(ax):
+        names = [r[0] for r in rows]
+        vals = [r[1] or 0 for r in rows]
+        bars = ax.barh(names, vals, color=["#2a7" if "leaninfer" in n else "#888" for n in names])
+        ax.bar_label(bars, fmt="%.1f")
+        ax.set_xlabel("tokens/s (higher is better)")
+        ax.set_title("Gemma 3 270M greedy decode, 2-core CPU")
+        ax.invert_yaxis()
+
+    png = write_plot(json_path.with_suffix(".png"), draw, figsize=(7, 3))
+    return json_path, md, png

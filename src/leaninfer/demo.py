@@ -1,0 +1,50 @@
+"""The main job (`leaninfer demo`): load the default model, generate for a handful of prompts with the fastest
+exact method available, and compare against plain fp32 decoding. It grows as capabilities land."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEMO_PROMPTS = [
+    "The three primary colours are",
+    "Question: What is the boiling point of water at sea level?\nAnswer:",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Translate to French: 'Good morning, how are you?'\nFrench:",
+    "Once upon a time, in a small village by the sea,",
+]
+
+
+@dataclass
+class DemoRow:
+    prompt: str
+    text: str
+    method: str
+    precision: str
+    tokens_per_s: float
+    baseline_tokens_per_s: float
+    same_as_baseline: bool
+
+    @property
+    def speedup(self) -> float:
+        return self.tokens_per_s / self.baseline_tokens_per_s
+
+
+def fastest_method(engine) -> str:
+    """The fastest lossless method available for this engine (plain decoding until drafts are trained)."""
+    return "ar"
+
+
+def run_demo(max_new_tokens: int = 48, prompts: list[str] | None = None, on_text=None) -> list[DemoRow]:
+    import leaninfer
+
+    fast = leaninfer.load("default")
+    base = leaninfer.load("default", precision="fp32")
+    method = fastest_method(fast)
+    rows = []
+    for prompt in prompts or DEMO_PROMPTS:
+        fast.generate(prompt, max_new_tokens=4)  # warm-up of this prompt's shapes
+        out = fast.generate(prompt, max_new_tokens=max_new_tokens, method=method, stream=on_text)
+        ref = base.generate(prompt, max_new_tokens=max_new_tokens)
+        rows.append(DemoRow(prompt, out.text, method, fast.precision, out.stats["tokens_per_s"],
+                            ref.stats["tokens_per_s"], out.token_ids == ref.token_ids))
+    return rows
