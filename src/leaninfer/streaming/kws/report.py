@@ -16,6 +16,10 @@ def _mean_std(rows: list[dict], key: str) -> str:
     return f"{np.mean(vals):.1f} ± {np.std(vals):.1f}" if vals else "—"
 
 
+def _flat(v):
+    return ", ".join(f"{k} {x:.2f}" for k, x in v.items()) if isinstance(v, dict) else v
+
+
 def _sections(res: dict) -> list[tuple[str, str]]:
     h, arch, eff = res["headline"], res["arch"], res["efficiency"]
     mode = "quick (smoke-test sizes: numbers are not meaningful)" if res["config"]["quick"] else "full"
@@ -28,7 +32,7 @@ def _sections(res: dict) -> list[tuple[str, str]]:
         f"{data['test']['stream_hours']:.2f} h test streams."
     )
     targets = markdown_table(["target", "met"], [[k, "yes" if v else "**no**"] for k, v in res["targets"].items()])
-    head = markdown_table(["metric", "value"], [[k, v] for k, v in h.items()], digits=3)
+    head = markdown_table(["metric", "value"], [[k, _flat(v)] for k, v in h.items()], digits=3)
     arch_rows = [
         [
             k,
