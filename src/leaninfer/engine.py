@@ -123,7 +123,7 @@ class Engine:
             "tpot_s": (e2e - out.ttft_s) / (n - 1) if n > 1 else float("nan"),
             "target_forwards": out.target_forwards,
             "mean_accepted_tokens": (n - 1) / decode_forwards if n > 1 else 1.0,
-            **getattr(out, "extra", {}),
+            **out.extra,
         }
         return GenerationResult(tokens, text, stats, out.finish_reason)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,6 +18,7 @@ class DecodeOut:
     target_forwards: int  # forward passes of the target after prefill, plus the prefill itself
     ttft_s: float
     finish_reason: str  # "length" | "eos" | "stop"
+    extra: dict = field(default_factory=dict)  # method-specific stats (acceptance rate, ...)
 
 
 def decode_ar(
