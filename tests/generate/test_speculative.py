@@ -74,3 +74,29 @@ def test_ngram_respects_eos_and_max_length(tmp_path):
     engine.eos_ids = {free[4]}
     out = engine.generate(prompt, max_new_tokens=12, method="ngram")
     assert out.token_ids == free[: free.index(free[4]) + 1] and out.finish_reason == "eos"
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_draft_lm_greedy_equals_plain(same, tmp_path):
+    hf = tiny_model_dir(tmp_path / "t", "llama")
+    del hf
+    tiny_model_dir(tmp_path / "d", "llama", seed=1)
+    target = leaninfer.load(tmp_path / "t", precision="fp32")
+    draft = target if same else leaninfer.load(tmp_path / "d", precision="fp32")
+    prompt = [1, 9, 33, 4, 70]
+    plain = target.generate(prompt, max_new_tokens=25, eos=False)
+    spec = target.generate(prompt, max_new_tokens=25, eos=False, method="sd", draft=draft, k=4)
+    assert spec.token_ids == plain.token_ids
+    if same:  # draft = target: everything accepted
+        assert spec.stats["acceptance_rate"] == 1.0 and spec.stats["mean_accepted_tokens"] > 4.0
+    else:  # a random draft: almost nothing accepted
+        assert spec.stats["acceptance_rate"] < 0.3
+
+
+def test_draft_lm_sampling_runs_seeded(tmp_path):
+    tiny_model_dir(tmp_path, "llama")
+    target = leaninfer.load(tmp_path, precision="fp32")
+    a = target.generate([1, 9, 33], max_new_tokens=15, temperature=1.0, seed=5, eos=False, method="sd", draft=target)
+    b = target.generate([1, 9, 33], max_new_tokens=15, temperature=1.0, seed=5, eos=False, method="sd", draft=target)
+    assert a.token_ids == b.token_ids and len(a.token_ids) == 15
+    assert a.stats["acceptance_rate"] > 0.9  # p == q: every draft token is accepted

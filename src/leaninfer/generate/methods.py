@@ -6,6 +6,7 @@ Each method returns a `DecodeOut`; speculative methods plug in here, one module 
 from __future__ import annotations
 
 from leaninfer.generate.loop import decode_ar
+from leaninfer.generate.proposers.draft_lm import DraftLMProposer
 from leaninfer.generate.proposers.ngram import NgramProposer
 from leaninfer.generate.speculative import decode_speculative
 
@@ -19,4 +20,16 @@ def _ngram(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, k: int =
                               on_token, k=k)
 
 
-METHODS = {"ar": _ar, "ngram": _ngram}
+def _sd(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None, k: int = 4):
+    """Vanilla speculative sampling with a separate draft `Decoder` (or `Engine`) sharing the vocabulary."""
+    if draft is None:
+        raise ValueError("method 'sd' needs draft=<a Decoder or Engine with the target's vocabulary>")
+    draft = getattr(draft, "model", draft)
+    if draft.cfg.vocab_size != engine.cfg.vocab_size:
+        raise ValueError(f"draft vocabulary {draft.cfg.vocab_size} != target {engine.cfg.vocab_size}")
+    proposer = DraftLMProposer(draft, sampling, len(prompt) + max_new_tokens + k + 1,
+                               None if sampling.seed is None else sampling.seed + 1)
+    return decode_speculative(engine.model, proposer, prompt, max_new_tokens, sampling, eos_ids, on_token, k=k)
+
+
+METHODS = {"ar": _ar, "ngram": _ngram, "sd": _sd}
