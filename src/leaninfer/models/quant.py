@@ -1,7 +1,8 @@
 """Weight-only precision: bf16, int8 (per output channel) and int4 (group-wise, asymmetric) linears.
 
 Kernels were chosen by measurement on a 2-core AVX-512 CPU (see docs/architecture.md):
-- int8: `torch._weight_int8pack_mm` (bf16 activations) for up to 4 rows; more rows dequantise to bf16 first.
+- int8: `torch._weight_int8pack_mm` (bf16 activations) in chunks of 4 rows up to 16 rows; more rows (prefill)
+  dequantise to bf16 first.
 - int4: `torch._weight_int4pack_mm_for_cpu` (bf16 activations), any number of rows.
 Activations enter and leave in the caller's dtype (fp32 residual stream); only the matmul is low precision.
 The tied LM head gets its own quantised copy; the embedding lookup keeps full-precision rows.
@@ -15,6 +16,7 @@ from torch import nn
 
 PRECISIONS = ("fp32", "bf16", "int8", "int4")
 INT8_PACK_MAX_ROWS = 4
+INT8_PACK_CHUNKED_ROWS = 16
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,8 +96,12 @@ class QuantLinear(nn.Module):
         if self.precision == "bf16":
             return F.linear(x2, self.w)
         if self.precision == "int8":
-            if x2.shape[0] <= INT8_PACK_MAX_ROWS:
+            M = x2.shape[0]
+            if M <= INT8_PACK_MAX_ROWS:
                 return torch._weight_int8pack_mm(x2, self.w, self.scale)
+            if M <= INT8_PACK_CHUNKED_ROWS:  # verification blocks: a few packed calls beat dequantising
+                return torch.cat([torch._weight_int8pack_mm(c, self.w, self.scale)
+                                  for c in x2.split(INT8_PACK_MAX_ROWS)])
             return F.linear(x2, self.w.to(torch.bfloat16) * self.scale[:, None])
         return torch._weight_int4pack_mm_for_cpu(x2, self.w, self.group, self.scale_zero)
 
