@@ -1,0 +1,77 @@
+"""Token trees for speculative decoding (pure functions).
+
+A tree of N nodes: node 0 is the pending token (root, already decided), nodes 1..N-1 are draft tokens whose
+`parents[i] < i`. One target forward scores every node with a tree attention mask (a node sees its
+ancestors and itself) and positions `base + depth`. Greedy verification walks from the root, following the
+child whose token equals the target's argmax; the KV cache then keeps only the root and the accepted path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TokenTree:
+    tokens: torch.Tensor  # (N,) ids; tokens[0] is the root (pending token)
+    parents: torch.Tensor  # (N,) parent index; parents[0] = -1
+
+    def __post_init__(self) -> None:
+        if self.tokens.shape != self.parents.shape or self.tokens.dim() != 1:
+            raise ValueError("tokens and parents must be 1-D tensors of the same length")
+        if int(self.parents[0]) != -1:
+            raise ValueError("node 0 must be the root (parent -1)")
+        idx = torch.arange(1, self.tokens.numel())
+        if bool((self.parents[1:] >= idx).any()) or bool((self.parents[1:] < 0).any()):
+            raise ValueError("every parent index must precede its child")
+
+    @property
+    def size(self) -> int:
+        return self.tokens.numel()
+
+    def depths(self) -> torch.Tensor:
+        d = torch.zeros(self.size, dtype=torch.long)
+        for i in range(1, self.size):
+            d[i] = d[int(self.parents[i])] + 1
+        return d
+
+    def mask(self) -> torch.Tensor:
+        """(N, N) bool: node i attends to node j iff j is i or an ancestor of i."""
+        m = torch.eye(self.size, dtype=torch.bool)
+        for i in range(1, self.size):
+            m[i] |= m[int(self.parents[i])]
+        return m
+
+    @classmethod
+    def from_paths(cls, root: int, paths: list[list[int]]) -> TokenTree:
+        """Merge candidate continuations (lists of ids) into a prefix tree under `root`."""
+        tokens, parents, children = [root], [-1], {}
+        for path in paths:
+            cur = 0
+            for t in path:
+                key = (cur, int(t))
+                if key not in children:
+                    children[key] = len(tokens)
+                    tokens.append(int(t))
+                    parents.append(cur)
+                cur = children[key]
+        return cls(torch.tensor(tokens, dtype=torch.long), torch.tensor(parents, dtype=torch.long))
+
+
+def verify_tree_greedy(tree: TokenTree, target_logits: torch.Tensor) -> tuple[list[int], int]:
+    """target_logits: (N, V) for the tree's nodes. Returns (accepted node indices along the path, excluding the
+    root, in order; the target's next token after the path)."""
+    best = target_logits.argmax(-1).tolist()
+    children: dict[int, list[int]] = {}
+    for i in range(1, tree.size):
+        children.setdefault(int(tree.parents[i]), []).append(i)
+    path, cur = [], 0
+    while True:
+        want = best[cur]
+        nxt = next((c for c in children.get(cur, []) if int(tree.tokens[c]) == want), None)
+        if nxt is None:
+            return path, want
+        path.append(nxt)
+        cur = nxt
