@@ -8,7 +8,8 @@ from __future__ import annotations
 from leaninfer.generate.loop import decode_ar
 from leaninfer.generate.proposers.draft_lm import DraftLMProposer
 from leaninfer.generate.proposers.ngram import NgramProposer
-from leaninfer.generate.speculative import decode_speculative
+from leaninfer.generate.proposers.ngram_tree import NgramTreeProposer
+from leaninfer.generate.speculative import decode_speculative, decode_tree
 
 
 def _ar(engine, prompt, max_new_tokens, sampling, eos_ids, on_token):
@@ -18,6 +19,12 @@ def _ar(engine, prompt, max_new_tokens, sampling, eos_ids, on_token):
 def _ngram(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, k: int = 4, max_ngram: int = 3):
     return decode_speculative(engine.model, NgramProposer(max_ngram), prompt, max_new_tokens, sampling, eos_ids,
                               on_token, k=k)
+
+
+def _ngram_tree(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, depth: int = 4, branches: int = 3,
+                max_ngram: int = 3):
+    return decode_tree(engine.model, NgramTreeProposer(max_ngram, branches), prompt, max_new_tokens, sampling,
+                       eos_ids, on_token, depth=depth)
 
 
 def _sd(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None, k: int = 4):
@@ -32,4 +39,4 @@ def _sd(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None,
     return decode_speculative(engine.model, proposer, prompt, max_new_tokens, sampling, eos_ids, on_token, k=k)
 
 
-METHODS = {"ar": _ar, "ngram": _ngram, "sd": _sd}
+METHODS = {"ar": _ar, "ngram": _ngram, "ngram_tree": _ngram_tree, "sd": _sd}

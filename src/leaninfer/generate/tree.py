@@ -75,3 +75,33 @@ def verify_tree_greedy(tree: TokenTree, target_logits: torch.Tensor) -> tuple[li
             return path, want
         path.append(nxt)
         cur = nxt
+
+
+def verify_tree_sampling(
+    tree: TokenTree, target_probs: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[list[int], int]:
+    """Lossless tree verification for deterministic drafts (q = one-hot per child), by recursive rejection:
+    at each node try its children in order, accepting child c with probability p(c) (p renormalised after
+    every rejected sibling is zeroed); if every child is rejected, draw the next token from what is left.
+    The emitted tokens are distributed exactly as sampling from the target."""
+    children: dict[int, list[int]] = {}
+    for i in range(1, tree.size):
+        children.setdefault(int(tree.parents[i]), []).append(i)
+    path, cur = [], 0
+    while True:
+        p = target_probs[cur].clone()
+        chosen = None
+        for c in children.get(cur, []):
+            t = int(tree.tokens[c])
+            total = float(p.sum())
+            if total <= 0:
+                break
+            if float(torch.rand((), generator=generator)) < float(p[t]) / total:
+                chosen = c
+                break
+            p[t] = 0.0
+        if chosen is None:
+            p = p if float(p.sum()) > 0 else target_probs[cur]
+            return path, int(torch.multinomial(p / p.sum(), 1, generator=generator))
+        path.append(chosen)
+        cur = chosen
