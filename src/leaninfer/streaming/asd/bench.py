@@ -167,20 +167,21 @@ def analyse(headline: dict, runs: dict, profile: list[dict], cfg: BenchConfig) -
     }
 
 
-def write_reports(payload: dict, out_dir: Path, stem: str = "asd") -> dict[str, Path]:
-    """reports/asd.md and reports/asd.png from a saved payload."""
+def write_reports(payload: dict, out_dir: Path, stem: str = "asd", others: list[dict] | None = None) -> dict[str, Path]:
+    """reports/asd.md and reports/asd.png from a saved payload (`others`: reruns with other seeds)."""
     from leaninfer.streaming.asd.report import write_markdown_report, write_png
 
-    return {"md": write_markdown_report(payload, out_dir / f"{stem}.md"),
+    return {"md": write_markdown_report(payload, out_dir / f"{stem}.md", others),
             "png": write_png(payload, out_dir / f"{stem}.png")}
 
 
-def reports_from_json(json_path: Path) -> dict[str, Path]:
-    """Redraw the markdown and the plot next to a saved results JSON (no re-running)."""
+def reports_from_json(json_path: Path, others: list[Path] | None = None) -> dict[str, Path]:
+    """Redraw the markdown and the plot next to a saved results JSON (no re-running); `others` are seed reruns."""
     import json
 
     json_path = Path(json_path)
-    return write_reports(json.loads(json_path.read_text()), json_path.parent, json_path.stem)
+    extra = [json.loads(Path(p).read_text()) for p in others or []]
+    return write_reports(json.loads(json_path.read_text()), json_path.parent, json_path.stem, extra)
 
 
 def bench(quick: bool = False, json_path: Path | None = None, out_dir: Path | None = None, seed: int = 0,
