@@ -24,3 +24,14 @@ def test_bench_pipeline_writes_headline_and_reports(tmp_path, monkeypatch):
     json.dumps(payload, default=str)
     paths = write_reports(payload, tmp_path)
     assert "mAP over past P" in paths["md"].read_text() and paths["png"].stat().st_size > 0
+
+
+def test_cli_registers_asd_commands():
+    from typer.testing import CliRunner
+
+    from leaninfer.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["asd", "--help"])
+    assert out.exit_code == 0 and all(c in out.output for c in ("data", "train", "stream", "report"))
+    assert runner.invoke(app, ["bench", "asd", "--help"]).exit_code == 0

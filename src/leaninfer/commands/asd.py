@@ -15,7 +15,7 @@ def _opt_int(value: str) -> int | None:
 
 
 @asd_app.command("data")
-def data_cmd(train_scenes: int = typer.Option(200, help="training scenes (3 face tracks each)"),
+def data_cmd(train_scenes: int = typer.Option(160, help="training scenes (3 face tracks each)"),
              test_scenes: int = typer.Option(80, help="test scenes"),
              frames: int = typer.Option(200, help="frames per scene (25 fps)"),
              seed: int = typer.Option(0), preview: Path | None = typer.Option(None, help="write a PNG of frames")):
@@ -53,7 +53,8 @@ def train_cmd(kind: str = typer.Option("band", help="band | gru_uni | gru_bi"),
               past: str = typer.Option("16", help="past frames P per layer (inf = unbounded)"),
               future: str = typer.Option("2", help="look-ahead frames F (inf = whole clip)"),
               ava_root: Path | None = typer.Option(None, help="AVA-ActiveSpeaker folder (see docs/asd.md)"),
-              train_scenes: int = 200, test_scenes: int = 80, front_steps: int = 500, epochs: int = 25,
+              train_scenes: int = 160, test_scenes: int = 80, front_steps: int = 400, epochs: int = 30,
+              crop: int = typer.Option(100, help="back-end training crop in frames (0 = whole tracks)"),
               seed: int = 0, out: Path | None = typer.Option(None, help="checkpoint path")):
     """Train front end + one back end; print test mAP and save a checkpoint."""
     import numpy as np
@@ -80,7 +81,7 @@ def train_cmd(kind: str = typer.Option("band", help="band | gru_uni | gru_bi"),
     else:
         train = synthetic(SynthConfig(split="train", n_scenes=train_scenes, seed=seed))
         test = synthetic(SynthConfig(split="test", n_scenes=test_scenes, seed=seed))
-    tcfg = TrainConfig(front_steps=front_steps, backend_epochs=epochs, seed=seed)
+    tcfg = TrainConfig(front_steps=front_steps, backend_epochs=epochs, seed=seed, backend_crop=crop or None)
     front = train_front(train, tcfg, progress=True)
     bcfg = BackendConfig(kind=kind, past=_opt_int(past), future=_opt_int(future))
     backend = train_backend(embed(front, train), torch.from_numpy(train.labels.astype(np.int64)), bcfg, tcfg)
@@ -103,11 +104,12 @@ def stream_cmd(checkpoint: Path, frames: int = typer.Option(400, help="frames to
 
 
 @asd_app.command("report")
-def report_cmd(json_path: Path = typer.Argument(Path("reports/asd.json"), help="results of `leaninfer bench asd`")):
-    """Redraw reports/asd.md and reports/asd.png from a saved results JSON."""
+def report_cmd(json_path: Path = typer.Argument(Path("reports/asd.json"), help="results of `leaninfer bench asd`"),
+               seeds: list[Path] = typer.Option([], "--seed-run", help="JSON of a rerun with another seed")):
+    """Redraw reports/asd.md and reports/asd.png from a saved results JSON (plus seed reruns, if given)."""
     from leaninfer.streaming.asd.bench import reports_from_json
 
-    for kind, path in reports_from_json(json_path).items():
+    for kind, path in reports_from_json(json_path, seeds).items():
         typer.echo(f"{kind}: {path}")
 
 
