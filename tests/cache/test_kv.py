@@ -49,9 +49,8 @@ def test_keep_compacts_accepted_path():
 
 def test_cache_equals_no_cache_after_rollback_and_redecode():
     from helpers import hf_model
-    from leaninfer.io.hf import map_hf_tensors
+    from leaninfer.io.hf import config_from_hf, map_hf_tensors
     from leaninfer.models.build import build_decoder
-    from leaninfer.io.hf import config_from_hf
 
     hf = hf_model("llama")
     cfg = config_from_hf(hf.config.to_dict())

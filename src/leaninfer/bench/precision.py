@@ -3,11 +3,9 @@ weight precision against the fp32 reference; picks the fastest precision within 
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from leaninfer.bench.report import machine_info, markdown_table, median, write_json, write_markdown, write_plot
@@ -19,8 +17,8 @@ from leaninfer.eval.perplexity import agreement, perplexity, text_corpus
 class PrecisionBenchConfig:
     model: str = "default"
     precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8", "int4"])
-    n_texts: int = 40
-    max_len: int = 512
+    n_texts: int = 20
+    max_len: int = 256
     greedy_tokens: int = 32
     speed_tokens: int = 48
     repeats: int = 3

@@ -1,4 +1,5 @@
-"""Draft-then-verify decoding over one target forward per step (chain drafts), lossless by construction."""
+"""Draft-then-verify decoding, lossless by construction: chain drafts (`decode_speculative`) and token trees
+(`decode_tree`) share one loop (`speculate`) that prefills, emits tokens and stops on EOS / stop / length."""
 
 from __future__ import annotations
 
@@ -7,11 +8,49 @@ from collections.abc import Callable
 
 import torch
 
+from leaninfer.cache.kv import KVCache
 from leaninfer.generate.loop import DecodeOut
 from leaninfer.generate.proposers.base import Proposer
 from leaninfer.generate.sampling import SamplingConfig, logits_to_probs, make_generator, next_token
+from leaninfer.generate.tree import verify_tree_greedy, verify_tree_sampling
 from leaninfer.generate.verify import verify_greedy, verify_sampling
 from leaninfer.models.transformer import Decoder
+
+# step(cache, context, pending, budget, generator) -> (emitted tokens, drafts proposed, drafts accepted)
+Step = Callable[[KVCache, list[int], int, int, torch.Generator], tuple[list[int], int, int]]
+
+
+def speculate(
+    model: Decoder,
+    prompt: list[int],
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    eos_ids: set[int],
+    on_token: Callable[[int], bool] | None,
+    step: Step,
+    extra_slots: int,
+) -> DecodeOut:
+    """Prefill, then call `step` until EOS, a stop string or `max_new_tokens`. `context` passed to step is the
+    prompt plus every emitted token except the pending one (the first token not yet in the target cache)."""
+    device = model.embed.weight.device
+    gen = make_generator(sampling.seed, device)
+    cache = model.new_cache(1, len(prompt) + max_new_tokens + extra_slots)
+    t0 = time.perf_counter()
+    out: list[int] = []
+    proposed = accepted = 0
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt], device=device), cache=cache, last_only=True).logits[0, -1]
+        emitted = [int(next_token(logits, sampling, gen))]
+        ttft = time.perf_counter() - t0
+        forwards = 1
+        while not (reason := _emit(emitted, out, eos_ids, on_token, max_new_tokens)):
+            emitted, n_prop, n_acc = step(cache, prompt + out[:-1], out[-1], max_new_tokens - len(out), gen)
+            forwards += 1
+            proposed += n_prop
+            accepted += n_acc
+    stats = {"draft_tokens_proposed": proposed, "draft_tokens_accepted": accepted,
+             "acceptance_rate": accepted / proposed if proposed else 0.0}
+    return DecodeOut(out, forwards, ttft, reason, stats)
 
 
 def decode_speculative(
@@ -24,43 +63,25 @@ def decode_speculative(
     on_token: Callable[[int], bool] | None = None,
     k: int = 4,
 ) -> DecodeOut:
-    """Each step feeds [pending, drafts...] to the target, keeps the verified prefix and rolls back the rest."""
-    device = model.embed.weight.device
-    gen = make_generator(sampling.seed, device)
-    cache = model.new_cache(1, len(prompt) + max_new_tokens + k + 1)
-    t0 = time.perf_counter()
-    out: list[int] = []
-    proposed = accepted_total = 0
-    with torch.inference_mode():
-        logits = model(torch.tensor([prompt], device=device), cache=cache, last_only=True).logits[0, -1]
-        pending = int(next_token(logits, sampling, gen))
-        ttft = time.perf_counter() - t0
-        forwards, reason = 1, "length"
-        proposer.begin(prompt)
-        emitted = [pending]
-        while True:
-            stop = _emit(emitted, out, eos_ids, on_token, max_new_tokens)
-            if stop:
-                reason = stop
-                break
-            budget = min(k, max_new_tokens - len(out))
-            draft = proposer.propose(prompt + out, budget)
-            d = draft.tokens.to(device)
-            block = torch.cat([torch.tensor([pending], device=device), d])[None]
-            logits = model(block, cache=cache).logits[0]  # (n_draft + 1, V)
-            forwards += 1
-            if sampling.greedy:
-                n, nxt = verify_greedy(logits, d)
-            else:
-                n, nxt = verify_sampling(logits_to_probs(logits, sampling), d, draft.probs, gen)
-            cache.rollback(d.numel() - n)
-            proposed += d.numel()
-            accepted_total += n
-            emitted = d[:n].tolist() + [nxt]
-            proposer.accept(emitted, n)
-            pending = nxt
-    return DecodeOut(out, forwards, ttft, reason, {"draft_tokens_proposed": proposed, "draft_tokens_accepted": accepted_total,
-                    "acceptance_rate": accepted_total / proposed if proposed else 0.0})
+    """Chain drafts: each step feeds [pending, d_1..d_k] to the target, keeps the verified prefix and rolls
+    back the rest of the cache."""
+    proposer.begin(prompt)
+
+    def step(cache, context, pending, budget, gen):
+        draft = proposer.propose(context + [pending], min(k, budget))
+        d = draft.tokens.to(cache.pos.device)
+        block = torch.cat([torch.tensor([pending], device=d.device), d])[None]
+        logits = model(block, cache=cache).logits[0]  # (n_draft + 1, V)
+        if sampling.greedy:
+            n, nxt = verify_greedy(logits, d)
+        else:
+            n, nxt = verify_sampling(logits_to_probs(logits, sampling), d, draft.probs, gen)
+        cache.rollback(d.numel() - n)
+        emitted = d[:n].tolist() + [nxt]
+        proposer.accept(emitted, n)
+        return emitted, d.numel(), n
+
+    return speculate(model, prompt, max_new_tokens, sampling, eos_ids, on_token, step, k + 1)
 
 
 def decode_tree(
@@ -72,49 +93,32 @@ def decode_tree(
     eos_ids: set[int],
     on_token: Callable[[int], bool] | None = None,
     depth: int = 4,
+    max_nodes: int = 64,
 ) -> DecodeOut:
     """Tree speculation: each step scores a token tree rooted at the pending token in one target forward
     (tree mask, positions by depth), keeps the verified path in the KV cache and drops the other branches.
     `proposer.propose_tree(context, root, depth) -> TokenTree` with deterministic draft tokens."""
-    from leaninfer.generate.tree import verify_tree_greedy, verify_tree_sampling
+    proposer.begin(prompt)
 
-    device = model.embed.weight.device
-    gen = make_generator(sampling.seed, device)
-    cache = model.new_cache(1, len(prompt) + max_new_tokens + 64 * depth)
-    t0 = time.perf_counter()
-    out: list[int] = []
-    proposed = accepted_total = 0
-    with torch.inference_mode():
-        logits = model(torch.tensor([prompt], device=device), cache=cache, last_only=True).logits[0, -1]
-        pending = int(next_token(logits, sampling, gen))
-        ttft = time.perf_counter() - t0
-        forwards, reason = 1, "length"
-        proposer.begin(prompt)
-        emitted = [pending]
-        while True:
-            stop = _emit(emitted, out, eos_ids, on_token, max_new_tokens)
-            if stop:
-                reason = stop
-                break
-            tree = proposer.propose_tree(prompt + out[:-1], pending, min(depth, max_new_tokens - len(out)))
-            start = cache.length
-            base = int(cache.pos[0, start - 1]) + 1
-            pos = (base + tree.depths()).to(device)[None]
-            logits = model(tree.tokens.to(device)[None], positions=pos, cache=cache,
-                           block_mask=tree.mask().to(device)).logits[0]  # (N, V)
-            forwards += 1
-            if sampling.greedy:
-                path, nxt = verify_tree_greedy(tree, logits)
-            else:
-                path, nxt = verify_tree_sampling(tree, logits_to_probs(logits, sampling), gen)
-            cache.keep(start, torch.tensor([start] + [start + i for i in path]))
-            proposed += tree.size - 1
-            accepted_total += len(path)
-            emitted = [int(tree.tokens[i]) for i in path] + [nxt]
-            proposer.accept(emitted, len(path))
-            pending = nxt
-    return DecodeOut(out, forwards, ttft, reason, {"draft_tokens_proposed": proposed,
-                                                   "draft_tokens_accepted": accepted_total})
+    def step(cache, context, pending, budget, gen):
+        tree = proposer.propose_tree(context, pending, min(depth, budget))
+        if tree.size > max_nodes:
+            raise ValueError(f"the drafter proposed {tree.size} nodes, more than max_nodes={max_nodes}")
+        device = cache.pos.device
+        start = cache.length
+        pos = (int(cache.pos[0, start - 1]) + 1 + tree.depths()).to(device)[None]
+        logits = model(tree.tokens.to(device)[None], positions=pos, cache=cache,
+                       block_mask=tree.mask().to(device)).logits[0]  # (N, V)
+        if sampling.greedy:
+            path, nxt = verify_tree_greedy(tree, logits)
+        else:
+            path, nxt = verify_tree_sampling(tree, logits_to_probs(logits, sampling), gen)
+        cache.keep(start, torch.tensor([start] + [start + i for i in path]))
+        emitted = [int(tree.tokens[i]) for i in path] + [nxt]
+        proposer.accept(emitted, len(path))
+        return emitted, tree.size - 1, len(path)
+
+    return speculate(model, prompt, max_new_tokens, sampling, eos_ids, on_token, step, max_nodes)
 
 
 def _emit(emitted, out, eos_ids, on_token, max_new_tokens) -> str | None:

@@ -50,10 +50,10 @@ class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        E, D, I = cfg.n_experts, cfg.dim, cfg.moe_intermediate_size or cfg.intermediate_size
+        E, D, H = cfg.n_experts, cfg.dim, cfg.moe_intermediate_size or cfg.intermediate_size
         self.router = nn.Linear(D, E, bias=False)
-        self.gate_up = nn.Parameter(torch.zeros(E, 2 * I, D))
-        self.down = nn.Parameter(torch.zeros(E, D, I))
+        self.gate_up = nn.Parameter(torch.zeros(E, 2 * H, D))  # (E, 2H, D)
+        self.down = nn.Parameter(torch.zeros(E, D, H))  # (E, D, H)
         self.act = act_fn(cfg.act)
         if cfg.shared_expert_intermediate_size:
             from leaninfer.models.transformer import MLP
