@@ -94,3 +94,13 @@ class MoE(nn.Module):
             y = F.linear(self.act(g) * u, self.down[e])
             out.index_add_(0, rows, y * weights[rows, slot, None])
         return out
+
+
+def gumbel_noise(shape: tuple[int, ...], tau: float, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """Scaled Gumbel(0, 1) noise for `Routing.noise`: top-k of log p + tau * G samples k experts without
+    replacement with probabilities following p (Gumbel-top-k); tau = 0 gives clean routing."""
+    if tau < 0:
+        raise ValueError(f"tau must be >= 0, got {tau}")
+    u = torch.rand(shape, generator=generator, device=device).clamp_(1e-10, 1.0 - 1e-7)
+    return tau * -torch.log(-torch.log(u))
