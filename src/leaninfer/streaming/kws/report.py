@@ -17,6 +17,8 @@ def _mean_std(rows: list[dict], key: str) -> str:
 
 
 def _flat(v):
+    if isinstance(v, float) and 0 < abs(v) < 1e-3:
+        return f"{v:.2e}"
     return ", ".join(f"{k} {x:.2f}" for k, x in v.items()) if isinstance(v, dict) else v
 
 
@@ -137,6 +139,10 @@ def _sections(res: dict) -> list[tuple[str, str]]:
     ]
 
 
+def _seed_frr(cell: dict) -> str:
+    return ", ".join(f"{p['frr']:.0f}" for p in cell["points"])
+
+
 def _caveats(res: dict) -> str:
     """Plain statements derived from the saved results (no numbers typed in by hand)."""
     h, arch, eff, sal = res["headline"], res["arch"], res["efficiency"], res["sal"]
@@ -157,7 +163,8 @@ def _caveats(res: dict) -> str:
         lines.append(
             f"- Wake phrase, {fam}: FRR {ce['frr']:.1f} % (CE) vs {sl['frr']:.1f} % (SAL) "
             f"at <= {ce['fa_target']:g} FA/h, "
-            f"latency {ce['latency_ms']:.0f} vs {sl['latency_ms']:.0f} ms, mean of {ce['seeds']} seeds."
+            f"latency {ce['latency_ms']:.0f} vs {sl['latency_ms']:.0f} ms, mean of {ce['seeds']} seeds "
+            f"(per seed CE {_seed_frr(ce)}; SAL {_seed_frr(sl)})."
         )
     r2 = h.get("r2_2bit_acc_by_regulariser", {})
     if r2:
