@@ -245,6 +245,19 @@ def targets(h: dict, res: dict) -> dict[str, bool]:
     }
 
 
+def strict_json(obj):
+    """NaN/inf -> None and numpy scalars/arrays -> Python, so the JSON file is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return strict_json(obj.tolist())
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def run_bench(
     quick: bool = False, json_path: str | Path | None = None, out_dir: str | Path | None = None, progress: bool = True
 ) -> dict:
@@ -273,6 +286,7 @@ def run_bench(
     res["headline"] = headline(res)
     res["targets"] = targets(res["headline"], res)
     res["wall_s"] = time.time() - t0
+    res = strict_json(res)
     write_json(Path(json_path) if json_path else out_dir / "kws.json", res)
     write_reports(res, out_dir)
     return res
