@@ -19,6 +19,8 @@ class Routing:
     top_k: int | None = None
     renorm: bool | None = None
     noise: torch.Tensor | None = None  # added to router log-probs before top-k (e.g. scaled Gumbel noise)
+    keep: int | None = None  # PHDS soft mask: of the top_k experts, slots >= keep are scaled by eps
+    eps: float = 1e-6
 
 
 def act_fn(name: str):
@@ -26,12 +28,14 @@ def act_fn(name: str):
 
 
 def route(
-    logits: torch.Tensor, top_k: int, renorm: bool, noise: torch.Tensor | None = None
+    logits: torch.Tensor, top_k: int, renorm: bool, noise: torch.Tensor | None = None,
+    keep: int | None = None, eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure routing: logits (N, E) -> (weights (N, k), expert ids (N, k)).
 
     Experts are chosen by top-k of log-softmax + noise; weights are the clean softmax probabilities of the
-    chosen experts, renormalised to sum to one when `renorm`.
+    chosen experts, renormalised to sum to one when `renorm`. With `keep` (PHDS training), the experts in
+    slots >= keep of the top-k keep running but with their weight scaled by `eps` (before renormalising).
     """
     probs = torch.softmax(logits.float(), dim=-1)
     if noise is None:
@@ -39,6 +43,10 @@ def route(
     else:
         idx = torch.topk(torch.log(probs.clamp_min(1e-30)) + noise.float(), top_k, dim=-1).indices
         weights = probs.gather(-1, idx)
+    if keep is not None and keep < top_k:
+        scale = torch.ones(top_k, device=weights.device)
+        scale[keep:] = eps
+        weights = weights * scale
     if renorm:
         weights = weights / weights.sum(-1, keepdim=True)
     return weights, idx
@@ -73,7 +81,7 @@ class MoE(nn.Module):
             raise ValueError(f"top_k must be in 1..{self.cfg.n_experts}, got {k}")
         renorm = self.cfg.norm_topk_prob if routing.renorm is None else routing.renorm
         noise = None if routing.noise is None else routing.noise.reshape(-1, self.cfg.n_experts)
-        weights, idx = route(self.router(flat), k, renorm, noise)  # (N, k)
+        weights, idx = route(self.router(flat), k, renorm, noise, routing.keep, routing.eps)  # (N, k)
         out = self._experts(flat, weights.to(flat.dtype), idx)
         if self.shared is not None:
             out = out + torch.sigmoid(self.shared_gate(flat)) * self.shared(flat)

@@ -1,0 +1,1 @@
+"""MoE recipes: PHDS (post hoc declared sparsity) schedules and soft masks; Roster of Experts later."""
