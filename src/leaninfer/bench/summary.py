@@ -1,0 +1,80 @@
+"""The README feature table, drawn from the committed reports (so the numbers in the README are the measured
+ones). `leaninfer bench summary --write` replaces the block between the README's feature markers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+START, END = "<!-- features:start -->", "<!-- features:end -->"
+
+
+def _load(reports: Path, name: str) -> dict | None:
+    f = reports / f"{name}.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def _f(x, fmt="{:.2f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def feature_rows(reports: Path) -> list[tuple[str, str, str]]:
+    """(capability, status, measured numbers with the report they come from)."""
+    rows = []
+    d, p = _load(reports, "decode"), _load(reports, "precision")
+    if d:
+        h = d["headline"]
+        lc = (f"; llama.cpp {_f(h['llamacpp_tokens_per_s'], '{:.1f}')} tok/s (ours = "
+              f"{_f(h['ratio_to_llamacpp'])}×)") if h.get("llamacpp_tokens_per_s") else "; llama.cpp not measured"
+        rows.append(("Decoder runtime (Gemma 3, Llama/Qwen2/Mistral, OLMoE/Qwen2-MoE/Mixtral), GGUF + HF loaders",
+                     "done",
+                     f"AR decode {_f(h['ours_tokens_per_s'], '{:.1f}')} tok/s at {h['ours_precision']} = "
+                     f"{_f(h['speedup_vs_hf'])}× transformers fp32 ({_f(h['hf_tokens_per_s'], '{:.1f}')} tok/s){lc} "
+                     "([decode](reports/decode.md))"))
+    if p:
+        r = p["rows"]
+        rows.append(("Weight-only precision (bf16 / int8 / int4)", "done",
+                     "Δ perplexity vs fp32: " + ", ".join(f"{k} {100 * v['ppl_change']:+.2f}%" for k, v in r.items()
+                                                          if k != "fp32")
+                     + f"; default **{p['headline']['recommended_default']}** ([precision](reports/precision.md))"))
+    s = _load(reports, "spec")
+    rows.append(("Speculative decoding: verification core, n-gram (chain/tree), draft-LM SD, Spec-Bench runner",
+                 "partial (Medusa/Hydra/EAGLE and draft training to come)",
+                 ", ".join(f"{m} {_f(v['speedup'])}× τ {_f(v['tau'])}" for m, v in s["headline"].items())
+                 + " ([spec](reports/spec.md))" if s else "lossless tests; no report yet"))
+    rows.append(("MoE runtime k (per call / per layer), PHDS schedule and soft mask, Gumbel routing noise",
+                 "partial (MoE build, PHDS SFT, RoE to come)", "parity-tested; no report yet"))
+    k = _load(reports, "kws")
+    if k:
+        h = k["headline"]
+        rows.append(("Keyword spotting: RepCNN, Streaming Anchor Loss, R^2, ONNX", "done (see report targets)",
+                     f"RepCNN {_f(h['repcnn_acc'], '{:.1f}')}% vs single-branch {_f(h['unibranch_acc'], '{:.1f}')}% at "
+                     f"{_f(h['repcnn_ms_per_frame'], '{:.3f}')} vs {_f(h['unibranch_ms_per_frame'], '{:.3f}')} ms/frame; "
+                     f"SAL latency {_f(h['sal_latency_ms'], '{:.0f}')} vs CE {_f(h['ce_latency_ms'], '{:.0f}')} ms, "
+                     f"FRR {_f(h['sal_frr'], '{:.1f}')}% vs {_f(h['ce_frr'], '{:.1f}')}%; 2-bit acc R^2 "
+                     f"{_f(h['r2_2bit_acc'], '{:.1f}')}% vs {_f(h['base_2bit_acc'], '{:.1f}')}% ([kws](reports/kws.md))"))
+    a = _load(reports, "asd")
+    if a:
+        h = a["headline"]
+        grid = h["map_grid"]
+        best = max((key for key in grid if not key.startswith("inf")), key=lambda key: grid[key])
+        rows.append(("Real-time active speaker detection (band-limited transformer)", "done",
+                     f"mAP: P,F={best} {_f(grid[best], '{:.1f}')} vs uni-GRU {_f(h['gru_uni_map'], '{:.1f}')}, "
+                     f"bi-GRU {_f(h['gru_bi_map'], '{:.1f}')}, full transformer "
+                     f"{_f(h['full_transformer_map'], '{:.1f}')} ([asd](reports/asd.md))"))
+    return rows
+
+
+def feature_table(reports: Path) -> str:
+    lines = ["| capability | status | measured (report) |", "| --- | --- | --- |"]
+    lines += [f"| {c} | {s} | {m} |" for c, s, m in feature_rows(reports)]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, reports: Path) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{feature_table(reports)}\n{END}{tail}")
