@@ -76,8 +76,8 @@ def _unbounded_lines(payload: dict) -> list[str]:
                 out.append(f"* Unbounded past scores below bounded past at F={f}: P=inf {fmt(inf)} vs P,F={best} "
                            f"{fmt(finite[best])}.")
     if out:
-        out.append("  * Likely cause (not isolated here): back ends train on 100-frame crops but are scored on "
-                   "200-frame tracks, so only P = inf meets longer contexts at test time than in training.")
+        out.append("  * Back ends train on 100-frame crops and are scored on 200-frame tracks; docs/asd.md reports a "
+                   "check of whether that length mismatch is the cause (it explains little of the gap).")
     return out
 
 
