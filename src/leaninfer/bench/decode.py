@@ -238,7 +238,8 @@ def write_decode_report(result: dict, json_path: Path) -> tuple[Path, Path, Path
         summary += f"llama.cpp on the same GGUF: {h['llamacpp_tokens_per_s']:.1f} tokens/s (ours = " \
                    f"{h['ratio_to_llamacpp']:.2f}× llama.cpp)."
     table = markdown_table(["backend", "tokens/s", "TTFT ms", "TPOT ms", "peak RSS MiB"], rows, digits=1)
-    how = (f"{c['n_prompts']} Spec-Bench prompts (first question of each category), {c['max_new_tokens']} new "
+    how = (f"{c['n_prompts']} Spec-Bench prompts (first question of each of {c['n_prompts']} categories), "
+           f"{c['max_new_tokens']} new "
            f"tokens each (EOS ignored), greedy, median of {c['repeats']} runs; "
            f"{result['machine']['threads']} threads; {result['machine']['processor']}. Peak RSS is sampled "
            "during each backend's phase of the same process (backends run in turn, earlier ones freed).")
