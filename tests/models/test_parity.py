@@ -58,3 +58,13 @@ def test_early_exit_then_resume_equals_full(tmp_path):
         assert mid.logits is None and mid.hidden.shape == (1, 8, 32)
         end = ours(hidden=mid.hidden, cache=cache, start=0, layers=(2, 3))
     torch.testing.assert_close(end.logits, full, atol=1e-5, rtol=1e-5)
+
+
+def test_taps_equal_early_exit_hidden_states(tmp_path):
+    ours = _ours(hf_model("gemma3"), tmp_path)
+    tokens = torch.randint(3, 96, (1, 7))
+    with torch.no_grad():
+        out = ours(tokens, taps=(1, 3))
+        torch.testing.assert_close(out.taps[1], ours(tokens, layers=(0, 1)).hidden)
+        torch.testing.assert_close(out.taps[3], out.hidden)
+        assert ours(tokens).taps is None

@@ -60,6 +60,7 @@ class Block(nn.Module):
 class ForwardOut:
     hidden: torch.Tensor  # (B, T, dim) after the last layer run (before the final norm)
     logits: torch.Tensor | None  # (B, T, V) when the head ran
+    taps: dict[int, torch.Tensor] | None = None  # layer count -> (B, T, dim) hidden after that many layers
 
 
 class Decoder(nn.Module):
@@ -118,6 +119,7 @@ class Decoder(nn.Module):
         logits: bool = True,
         last_only: bool = False,
         routing: Routing | list[Routing] | None = None,
+        taps: tuple[int, ...] = (),
     ) -> ForwardOut:
         """Run layers [a, b) over new tokens.
 
@@ -126,7 +128,8 @@ class Decoder(nn.Module):
         cache/start: write keys/values at cache slots [start, start+T) (default start = cache.length).
         block_mask: (T, T) or (B, T, T) mask among the new tokens (default causal by position).
         logits: run the final norm + head when the range ends at the last layer; last_only: only for the
-        last position. routing: MoE routing options for all layers, or one per layer.
+        last position. routing: MoE routing options for all layers, or one per layer. taps: layer counts n
+        whose hidden states (after n layers) are returned in `.taps` (features for EAGLE-style drafts).
         """
         cfg = self.cfg
         a, b = layers or (0, cfg.n_layers)
@@ -149,7 +152,7 @@ class Decoder(nn.Module):
         for kind in set(cfg.layer_types[a:b]):
             window = cfg.sliding_window if kind == "sliding" else None
             masks[kind] = build_mask(positions, k_pos, window, block_mask)
-        ropes = {}
+        ropes, tapped = {}, {}
         for i in range(a, b):
             base = cfg.rope_base(i)
             if base not in ropes:
@@ -157,7 +160,9 @@ class Decoder(nn.Module):
             cos, sin = ropes[base]
             r = routing[i] if isinstance(routing, list) else routing
             hidden = self.layers[i](hidden, cos, sin, masks[cfg.layer_types[i]], cache, start, r)
+            if i + 1 in taps:
+                tapped[i + 1] = hidden
         out_logits = None
         if logits and b == cfg.n_layers:
             out_logits = self.head(hidden[:, -1:] if last_only else hidden)
-        return ForwardOut(hidden=hidden, logits=out_logits)
+        return ForwardOut(hidden=hidden, logits=out_logits, taps=tapped if taps else None)

@@ -27,14 +27,10 @@ class DistillConfig:
 
 
 def _hidden_at(model, tokens: list[int], layers: list[int]) -> torch.Tensor:
-    """Hidden states after each listed layer (1-based count of layers run), (T, len(layers), dim) fp16."""
+    """Hidden states after each listed layer count, (T, len(layers), dim) fp16."""
     x = torch.tensor([tokens], device=model.embed.weight.device)
-    feats, h, done = [], None, 0
-    for stop in sorted(layers):
-        out = model(x if done == 0 else None, hidden=h, layers=(done, stop), logits=False)
-        h, done = out.hidden, stop
-        feats.append(h[0])
-    return torch.stack(feats, 1).half().cpu()
+    out = model(x, layers=(0, max(layers)), logits=False, taps=tuple(layers))
+    return torch.stack([out.taps[n][0] for n in layers], 1).half().cpu()
 
 
 def build_distill_set(engine, out_dir: Path, cfg: DistillConfig) -> Path:
