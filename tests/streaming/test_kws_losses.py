@@ -73,3 +73,27 @@ def test_regularisers_target_the_extremes():
     assert make_regularizer("none")([w]) == 0 and set(REGULARIZERS) == {"none", "linf", "margin", "smm"}
     with pytest.raises(ValueError):
         make_regularizer("l2")
+
+
+def test_class_balanced_sal_keeps_class_totals():
+    """Anchors sit inside positive regions: plain anchor weights shift the class balance; balanced ones do not."""
+    logits, y, dist = _batch()
+    torch.testing.assert_close(sal.sal_loss(logits, y, dist, lam=0.0, class_balanced=True), sal.frame_ce(logits, y))
+    w = sal.anchor_weights(dist, lam=4.0, tau=5.0)
+    wb = sal.balance_weights(w, y, torch.ones_like(w))
+    for cls in (y > 0.5, y <= 0.5):
+        assert float(wb[cls].sum()) == pytest.approx(float(cls.sum()), rel=1e-5)
+    # within a class the temporal shape (ratio between frames) is unchanged
+    pos = (y > 0.5).nonzero()
+    (b0, t0), (b1, t1) = pos[0].tolist(), pos[1].tolist()
+    assert float(wb[b0, t0] / wb[b1, t1]) == pytest.approx(float(w[b0, t0] / w[b1, t1]), rel=1e-5)
+    # positive anchor frames: plain SAL raises the positives' share of the weight, balanced SAL keeps it
+    y2 = torch.zeros(1, 40)
+    y2[0, 15:25] = 1.0
+    d2 = sal.anchor_distance([[20]], 40)
+    w2 = sal.anchor_weights(d2, lam=4.0, tau=5.0)
+    share = float(w2[y2 > 0].sum() / w2.sum())
+    share_b = float(sal.balance_weights(w2, y2, torch.ones_like(w2))[y2 > 0].sum() / 40)
+    assert share > 0.25 + 0.1 and share_b == pytest.approx(0.25, rel=1e-5)
+    for variant in ("sal", "sa+fl"):
+        assert torch.isfinite(sal.sal_loss(logits, y, dist, variant=variant, class_balanced=True))

@@ -53,6 +53,17 @@ def anchor_weights(distance: torch.Tensor, lam: float, tau: float, kind: str = "
     return 1.0 + lam * anchor_kernel(distance, tau, kind)
 
 
+def balance_weights(w: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scale w per class so that sum(w over class-c valid frames) = number of class-c valid frames."""
+    out = torch.zeros_like(w)
+    pos = targets > 0.5
+    for cls in (pos, ~pos):
+        sel = cls & (mask > 0)
+        if sel.any():
+            out = torch.where(sel, w * (sel.float().sum() / w[sel].sum().clamp_min(1e-8)), out)
+    return out
+
+
 def _log_ptilde(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p~ = log p(y_t) for sigmoid logits, numerically stable."""
     return -F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
@@ -75,6 +86,7 @@ def sal_loss(
     variant: str = "sal",
     gamma: float = 2.0,
     mask: torch.Tensor | None = None,
+    class_balanced: bool = False,
 ) -> torch.Tensor:
     """Anchor-weighted frame loss.
 
@@ -83,17 +95,21 @@ def sal_loss(
         distance: (B, T) frames to the nearest anchor (from `anchor_distance`).
         variant: "sal" (weighted CE), "sa+fl" (weighted focal), "safl" (anchor-modulated focal exponent).
         mask: optional (B, T) valid-frame mask.
+        class_balanced: rescale the anchor weights within each class (target 0 / 1) so that each class keeps
+            the total weight it has under plain CE. Anchors sit inside the positive regions, so plain anchor
+            weighting also shifts the class balance towards positives (a prior shift that costs false accepts
+            at low FA rates); balanced, SAL only redistributes weight *in time* within each class.
     """
     logp = _log_ptilde(logits, targets)  # (B, T)
     m = torch.ones_like(logp) if mask is None else mask.float()
     kappa = anchor_kernel(distance, tau, kind)
-    if variant == "sal":
+    if variant in ("sal", "sa+fl"):
         w = (1.0 + lam * kappa) * m
-        return (-logp * w).sum() / w.sum().clamp_min(1e-8)
+        if class_balanced:
+            w = balance_weights(w, targets, m)
+        per_frame = -logp if variant == "sal" else -((1 - logp.exp()) ** gamma) * logp
+        return (per_frame * w).sum() / w.sum().clamp_min(1e-8)
     p_tilde = logp.exp()
-    if variant == "sa+fl":
-        w = (1.0 + lam * kappa) * m
-        return (-((1 - p_tilde) ** gamma) * logp * w).sum() / w.sum().clamp_min(1e-8)
     if variant == "safl":
         g = gamma * kappa
         return (-((1 - p_tilde) ** g) * logp * m).sum() / m.sum().clamp_min(1)

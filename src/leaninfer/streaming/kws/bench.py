@@ -44,6 +44,14 @@ HEADLINE_R2 = "linf"  # the regulariser quoted in the headline, chosen before an
 TASK_FA = {"kws": 2.0, "onset": 60.0}  # FA/hour operating points (fixed before any run)
 TASK_REFRACTORY = {"kws": 100, "onset": 30}
 TASK_FA_GRID = {"kws": (1.0, 2.0, 5.0, 10.0), "onset": (10.0, 30.0, 60.0)}  # extra operating points, reported
+# Threshold grid for the FA/h operating points: 601 logit-spaced thresholds (step 0.023 in logit). The
+# earlier 121-point grid (step 0.12) skipped operating points: FRR at 2 FA/h moved by 3-4 points on a finer grid.
+N_THRESHOLDS = 601
+# SAL hyper-parameters per (task, family). Default (lambda 4, tau 10 frames) was fixed before any run. For the
+# conv wake-phrase detector (the headline cell) they were re-chosen on 1 h of *validation* streams with
+# `python -m leaninfer.streaming.kws.sal_select` (rule: lowest mean val FRR at 2 FA/h over the bench seeds;
+# see docs/kws.md); the other cells were not tuned. CE is never tuned.
+SAL_HP = {("kws", "unibranch"): {"sal_lambda": 1.0, "sal_tau": 5.0}}
 
 
 @dataclass
@@ -55,7 +63,7 @@ class BenchConfig:
     frame_batch: int = 24
     seeds: tuple[int, ...] = (0, 1, 2)
     bc_seeds: tuple[int, ...] = (0,)
-    sal_seeds: tuple[int, ...] = (0, 1)
+    sal_seeds: tuple[int, ...] = (0, 1, 2)  # CE and SAL alike; the 2 FA/h point is a tail statistic (see docs)
     uniform_bits: tuple[int, ...] = (8, 4, 3, 2)
     kmeans_bits: tuple[int, ...] = (2, 1)
 
@@ -180,10 +188,11 @@ def run_sal(corpus: dict, bc: BenchConfig, bar) -> dict:
         wins = [frame_targets(ev, f.shape[0], task)[2] for ev, f in zip(te.events, te.feats)]
         points, curves = [], []
         for seed in seeds:
-            tc = TrainConfig(steps=bc.frame_steps, batch=bc.frame_batch, seed=seed, loss=loss)
+            hp = SAL_HP.get((task, fam), {}) if loss == "sal" else {}
+            tc = TrainConfig(steps=bc.frame_steps, batch=bc.frame_batch, seed=seed, loss=loss, **hp)
             model = train_frames(ModelConfig(kind=fam, n_out=1), tc, tr, task, progress=bar.update)
             scores = [smooth(s, 5) for s in stream_posteriors(model, te)]
-            curve = detection_curve(scores, wins, te.hours, default_thresholds(), TASK_REFRACTORY[task])
+            curve = detection_curve(scores, wins, te.hours, default_thresholds(N_THRESHOLDS), TASK_REFRACTORY[task])
             points.append(at_fa_rate(curve, TASK_FA[task]))
             curves.append(curve)
         out[f"{task}/{fam}/{loss}"] = {
@@ -191,8 +200,10 @@ def run_sal(corpus: dict, bc: BenchConfig, bar) -> dict:
             "family": fam,
             "loss": loss,
             "seeds": len(seeds),
+            "hparams": {"sal_lambda": tc.sal_lambda, "sal_tau": tc.sal_tau} if loss != "ce" else {},
             "fa_target": TASK_FA[task],
             "frr": float(np.mean([p["frr"] for p in points])),
+            "frr_std": float(np.std([p["frr"] for p in points])),
             "latency_ms": float(np.nanmean([p["latency_ms"] for p in points])),
             "fa_per_hour": float(np.nanmean([p["fa_per_hour"] for p in points])),
             "points": points,

@@ -36,6 +36,7 @@ class TrainConfig:
     loss: str = "ce"  # frame tasks: ce | sal | sa+fl | safl
     sal_lambda: float = 4.0
     sal_tau: float = 10.0
+    sal_balance: bool = False  # class-balanced anchor weights (sal.balance_weights)
     segment: int = 300  # frames per training segment for stream tasks
 
     def __post_init__(self):
@@ -165,7 +166,9 @@ def _stream_segments(streams: StreamSet, task: str, tc: TrainConfig, gen: torch.
 def frame_loss(logits: torch.Tensor, y: torch.Tensor, dist: torch.Tensor, tc: TrainConfig) -> torch.Tensor:
     if tc.loss == "ce":
         return sal_lib.frame_ce(logits, y)
-    return sal_lib.sal_loss(logits, y, dist, lam=tc.sal_lambda, tau=tc.sal_tau, variant=tc.loss)
+    return sal_lib.sal_loss(
+        logits, y, dist, lam=tc.sal_lambda, tau=tc.sal_tau, variant=tc.loss, class_balanced=tc.sal_balance
+    )
 
 
 def train_frames(mcfg: ModelConfig, tc: TrainConfig, streams: StreamSet, task: str, progress=None) -> nn.Module:
