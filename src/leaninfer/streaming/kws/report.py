@@ -141,8 +141,13 @@ def _sections(res: dict) -> list[tuple[str, str]]:
     ]
 
 
+def _fmt(v, spec: str = ".1f") -> str:
+    """Format a number; None/NaN (strict JSON writes NaN as null) -> '—'."""
+    return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
 def _seed_frr(cell: dict) -> str:
-    return ", ".join(f"{p['frr']:.0f}" for p in cell["points"])
+    return ", ".join(_fmt(p["frr"], ".0f") for p in cell["points"])
 
 
 def _caveats(res: dict) -> str:
@@ -164,9 +169,10 @@ def _caveats(res: dict) -> str:
     for fam, ce, sl in kws_pairs:
         hp = sl.get("hparams", {})
         lines.append(
-            f"- Wake phrase, {fam}: FRR {ce['frr']:.1f} % (CE) vs {sl['frr']:.1f} % (SAL) "
+            f"- Wake phrase, {fam}: FRR {_fmt(ce['frr'])} % (CE) vs {_fmt(sl['frr'])} % (SAL) "
             f"at <= {ce['fa_target']:g} FA/h, "
-            f"latency {ce['latency_ms']:.0f} vs {sl['latency_ms']:.0f} ms, mean of {ce['seeds']} seeds "
+            f"latency {_fmt(ce['latency_ms'], '.0f')} vs {_fmt(sl['latency_ms'], '.0f')} ms, "
+            f"mean of {ce['seeds']} seeds "
             f"(per seed CE {_seed_frr(ce)}; SAL {_seed_frr(sl)}); "
             f"SAL lambda {hp.get('sal_lambda', '?')}, tau {hp.get('sal_tau', '?')} frames."
         )
