@@ -176,6 +176,14 @@ def _caveats(res: dict) -> str:
             f"(per seed CE {_seed_frr(ce)}; SAL {_seed_frr(sl)}); "
             f"SAL lambda {hp.get('sal_lambda', '?')}, tau {hp.get('sal_tau', '?')} frames."
         )
+        spread = max(ce.get("frr_std") or 0.0, sl.get("frr_std") or 0.0)
+        if ce["frr"] is not None and sl["frr"] is not None and spread > 0:
+            gap = sl["frr"] - ce["frr"]
+            verdict = "within" if abs(gap) < spread else "outside"
+            lines.append(
+                f"  SAL - CE = {gap:+.1f} FRR points at {ce['fa_target']:g} FA/h; the larger per-seed std is "
+                f"{spread:.1f}, so the gap is {verdict} the seed spread."
+            )
     lines.append(
         "- SAL lambda/tau for the conv wake-phrase detector were chosen on validation streams (1 h, val speakers; "
         "`python -m leaninfer.streaming.kws.sal_select`, lowest mean val FRR at 2 FA/h), never on these test "
