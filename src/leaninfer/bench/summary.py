@@ -40,7 +40,9 @@ def feature_rows(reports: Path) -> list[tuple[str, str, str]]:
     s = _load(reports, "spec")
     rows.append(("Speculative decoding: verification core, n-gram (chain/tree), draft-LM SD, Spec-Bench runner",
                  "partial (Medusa/Hydra/EAGLE and draft training to come)",
-                 ", ".join(f"{m} {_f(v['speedup'])}× τ {_f(v['tau'])}" for m, v in s["headline"].items())
+                 ", ".join(f"{m} {_f(v['speedup'])}× τ {_f(v['tau'])}"
+                           f"{'' if v['lossless'] else ' (not lossless at this precision)'}"
+                           for m, v in s["headline"].items())
                  + " ([spec](reports/spec.md))" if s else "lossless tests; no report yet"))
     rows.append(("MoE runtime k (per call / per layer), PHDS schedule and soft mask, Gumbel routing noise",
                  "partial (MoE build, PHDS SFT, RoE to come)", "parity-tested; no report yet"))
