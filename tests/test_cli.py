@@ -50,3 +50,13 @@ def test_info_json(tmp_path):
 def test_bench_commands_are_registered():
     res = runner.invoke(app, ["bench", "--help"])
     assert res.exit_code == 0 and "decode" in res.output and "precision" in res.output
+
+
+def test_demo_method_choice_requires_identical_output(tmp_path):
+    import leaninfer
+    from leaninfer.demo import fastest_method
+
+    tiny_model_dir(tmp_path)
+    engine = leaninfer.load(tmp_path, precision="fp32")
+    method, speeds = fastest_method(engine, prompt="w5 w6 w5 w6 w5 w6", max_new_tokens=8)
+    assert method in speeds and "ar" in speeds

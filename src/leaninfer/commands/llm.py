@@ -78,20 +78,20 @@ def info(
 
 
 def demo(max_new_tokens: Annotated[int, typer.Option(min=1)] = 48) -> None:
-    """The main job: the default model, the fastest exact method, compared with plain fp32 decoding."""
+    """The main job: the default model, the fastest exact method, compared with plain decoding."""
     from leaninfer.demo import run_demo
 
     console.print("[bold]leaninfer demo[/bold]: Gemma 3 270M (Gemma terms apply)")
     rows = run_demo(max_new_tokens)
-    table = Table(title="fastest exact method vs plain fp32 decoding")
-    for col in ("prompt", "method", "precision", "tokens/s", "fp32 tokens/s", "speedup", "same tokens as fp32"):
+    table = Table(title="fastest exact method vs plain decoding (same precision)")
+    for col in ("prompt", "method", "precision", "tokens/s", "plain tokens/s", "speedup", "same tokens as plain"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.prompt[:40].replace("\n", " ") + "…", r.method, r.precision, f"{r.tokens_per_s:.1f}",
+        table.add_row(r.prompt[:28].replace("\n", " ") + "…", r.method, r.precision, f"{r.tokens_per_s:.1f}",
                       f"{r.baseline_tokens_per_s:.1f}", f"{r.speedup:.2f}×", "yes" if r.same_as_baseline else "no")
     for r in rows:
         print(f"\n>>> {r.prompt}\n{r.text}")
-    Console().print(table)
+    Console(width=120).print(table)
 
 
 def bench_decode(
