@@ -48,3 +48,30 @@ def test_quantize_model_gives_tied_head_its_own_copy():
         got = model(x).logits
     assert isinstance(model.lm_head, QuantLinear)
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.8
+
+
+def test_row_invariant_attention_matches_sdpa_and_is_row_invariant():
+    import torch.nn.functional as F
+
+    from leaninfer.models.attention import row_invariant_attention
+
+    q, k, v = torch.randn(2, 4, 5, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
+    mask = torch.rand(2, 1, 5, 9) > 0.3
+    mask[..., 0] = True
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25, enable_gqa=True)
+    got = row_invariant_attention(q, k, v, mask, 0.25)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    for t in range(5):  # one query alone gives bit-identical results to the same query in a block
+        one = row_invariant_attention(q[:, :, t : t + 1], k, v, mask[:, :, t : t + 1], 0.25)
+        assert torch.equal(one[:, :, 0], got[:, :, t])
+
+
+def test_int8_speculation_is_exact(tmp_path):
+    import leaninfer
+    from helpers import tiny_model_dir
+
+    tiny_model_dir(tmp_path, "gemma3")
+    engine = leaninfer.load(tmp_path, precision="int8")
+    prompt = [1, 5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]
+    plain = engine.generate(prompt, max_new_tokens=24, eos=False).token_ids
+    assert engine.generate(prompt, max_new_tokens=24, eos=False, method="ngram").token_ids == plain

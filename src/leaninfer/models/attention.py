@@ -83,6 +83,28 @@ def build_mask(
     return mask[:, None]
 
 
+ROW_INVARIANT_MAX_T = 16
+
+
+def row_invariant_attention(q, k, v, mask, scale) -> torch.Tensor:
+    """Attention whose result for a query does not depend on how many queries are computed together.
+
+    q: (B, H, T, D); k, v: (B, Hkv, S, D); mask: (B, 1, T, S) bool or None. Scores and the weighted sum are
+    elementwise products reduced over one axis, so each query's arithmetic is the same for T = 1 (plain
+    decoding) and T > 1 (speculative verification). Low-precision models need this for lossless
+    speculation: a last-bit difference from a shape-dependent matmul can flip a bf16 rounding downstream.
+    """
+    B, H, T, D = q.shape
+    G = H // k.shape[1]
+    qg = q.view(B, k.shape[1], G, T, 1, D)
+    scores = (qg * k[:, :, None, None]).sum(-1) * scale  # (B, Hkv, G, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    out = (probs[..., None] * v[:, :, None, None]).sum(-2)  # (B, Hkv, G, T, D)
+    return out.view(B, H, T, D)
+
+
 class Attention(nn.Module):
     """Grouped-query attention with optional QK-norm, QKV bias and a per-layer RoPE base."""
 
@@ -103,6 +125,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(nkv * hd, cfg.norm_eps, cfg.norm_offset)
         self.sliding = cfg.layer_types[layer] == "sliding"
         self.split = [nh * hd, nkv * hd, nkv * hd]
+        self.row_invariant = False  # set by quantize_model: see row_invariant_attention
 
     def forward(
         self,
@@ -130,8 +153,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.write(self.layer, start, k, v)  # (B, Hkv, S, D)
-        out = F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=cfg.scale,
-            enable_gqa=cfg.n_heads != cfg.n_kv_heads,
-        )  # (B, H, T, D)
+        if self.row_invariant and T <= ROW_INVARIANT_MAX_T:
+            out = row_invariant_attention(q, k.to(q.dtype), v.to(q.dtype), mask, cfg.scale)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=cfg.scale,
+                enable_gqa=cfg.n_heads != cfg.n_kv_heads,
+            )  # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim))

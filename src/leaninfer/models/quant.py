@@ -127,6 +127,11 @@ def quantize_model(model: nn.Module, precision: str, group: int = 32, empty: boo
     if precision == "fp32":
         return model
     _fuse_projections(model)
+    from leaninfer.models.attention import Attention
+
+    for module in model.modules():  # low-precision activations amplify last-bit attention differences
+        if isinstance(module, Attention):
+            module.row_invariant = True
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and child.in_features % group == 0:
