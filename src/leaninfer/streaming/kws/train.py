@@ -113,12 +113,7 @@ def train_clips(
         loss = F.cross_entropy(clip_logits(model, x), train.labels[idx])
         if tc.reg != "none" and tc.reg_lambda > 0:
             loss = loss + tc.reg_lambda * reg(regularised_weights(model))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress is not None:
-            progress(1)
+        _step(opt, sched, loss, progress)
     return model.eval()
 
 
@@ -185,12 +180,7 @@ def train_frames(mcfg: ModelConfig, tc: TrainConfig, streams: StreamSet, task: s
         x, y, dist = next(batches)
         logits = model(normalise(model, x))[..., 0]  # (B, T)
         loss = frame_loss(logits, y, dist, tc)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress is not None:
-            progress(1)
+        _step(opt, sched, loss, progress)
     return model.eval()
 
 
@@ -199,3 +189,13 @@ def stream_posteriors(model: nn.Module, streams: StreamSet) -> list[np.ndarray]:
     """Per-frame sigmoid posteriors of a causal detector over each stream (whole-stream causal forward)."""
     model.eval()
     return [torch.sigmoid(model(normalise(model, f[None]))[0, :, 0]).numpy() for f in streams.feats]
+
+
+def _step(opt, sched, loss, progress) -> None:
+    """One optimiser + scheduler step on `loss`, then tick the progress callback."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    if progress is not None:
+        progress(1)
