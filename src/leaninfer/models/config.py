@@ -75,7 +75,8 @@ class ModelConfig:
 
     @property
     def is_moe(self) -> bool:
-        return self.arch in MOE_ARCHES
+        """MoE families, or any family given experts (an MoE derived from a dense model, e.g. Gemma 3)."""
+        return self.arch in MOE_ARCHES or bool(self.n_experts)
 
     @property
     def scale(self) -> float:
