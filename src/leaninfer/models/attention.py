@@ -151,6 +151,10 @@ class Attention(nn.Module):
         if cfg.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if getattr(cache, "varlen", False):  # per-head variable-length cache (cache/compressed.py)
+            window = cfg.sliding_window if self.sliding else None
+            out = cache.attend(self.layer, q, k, v, window, cfg.scale)  # (B, H, T, D)
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim))
         if cache is not None:
             k, v = cache.write(self.layer, start, k, v)  # (B, Hkv, S, D)
         if self.row_invariant and T <= ROW_INVARIANT_MAX_T:

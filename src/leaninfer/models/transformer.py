@@ -142,6 +142,8 @@ class Decoder(nn.Module):
                 raise ValueError(f"token ids must be in [0, {cfg.vocab_size})")
             hidden = self.embed_tokens(tokens)
         B, T, _ = hidden.shape
+        if getattr(cache, "varlen", False):
+            return self._forward_varlen(hidden, positions, cache, a, b, block_mask, logits, last_only, routing, taps)
         if start is None:
             start = cache.length if cache is not None else 0
         if positions is None:
@@ -164,5 +166,32 @@ class Decoder(nn.Module):
                 tapped[i + 1] = hidden
         out_logits = None
         if logits and b == cfg.n_layers:
+            out_logits = self.head(hidden[:, -1:] if last_only else hidden)
+        return ForwardOut(hidden=hidden, logits=out_logits, taps=tapped if taps else None)
+
+    def _forward_varlen(self, hidden, positions, cache, a, b, block_mask, logits, last_only, routing, taps):
+        """Forward over a per-head variable-length cache (`CompressedKVCache`): the cache builds each head's mask
+        from its own entry positions, so the shared masks are not used."""
+        if block_mask is not None:
+            raise ValueError("block_mask is not supported with a compressed (variable-length) cache")
+        B, T, _ = hidden.shape
+        if B != 1:
+            raise ValueError(f"a compressed cache holds one sequence; got a batch of {B}")
+        if positions is None:
+            positions = torch.arange(cache.next_position, cache.next_position + T, device=hidden.device)[None]
+        cache.begin(positions)
+        ropes, tapped = {}, {}
+        for i in range(a, b):
+            base = self.cfg.rope_base(i)
+            if base not in ropes:
+                ropes[base] = self._rope_at(base, positions, hidden.dtype)
+            cos, sin = ropes[base]
+            r = routing[i] if isinstance(routing, list) else routing
+            hidden = self.layers[i](hidden, cos, sin, None, cache, 0, r)
+            if i + 1 in taps:
+                tapped[i + 1] = hidden
+        cache.end()
+        out_logits = None
+        if logits and b == self.cfg.n_layers:
             out_logits = self.head(hidden[:, -1:] if last_only else hidden)
         return ForwardOut(hidden=hidden, logits=out_logits, taps=tapped if taps else None)
