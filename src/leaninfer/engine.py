@@ -83,6 +83,8 @@ class Engine:
         method: str = "ar",
         stream: Callable[[str], None] | None = None,
         eos: bool = True,
+        moe_k: int | None = None,
+        roe=None,
         **method_options,
     ) -> GenerationResult:
         """Generate up to `max_new_tokens` after `prompt` (text or ids) with a decoding `method`.
@@ -90,6 +92,8 @@ class Engine:
         `stream(text)` receives text increments as they are produced. Stats: tokens_per_s (new tokens / wall
         time from the call to the last token), ttft_s, tpot_s ((e2e - ttft) / (n - 1)), mean_accepted_tokens
         (new tokens per target forward after prefill; 1.00 for plain decoding), prompt_tokens, new_tokens.
+        MoE models: `moe_k` dials the number of experts per token (None = native); `roe` (a
+        `leaninfer.moe.roe.RoEConfig`) decodes with a Roster of Experts (docs/moe.md). Both use method "ar".
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -103,8 +107,16 @@ class Engine:
         text_stream = TextStream(self.tokenizer.decode, stop, stream) if self.tokenizer else None
         on_token = text_stream.push if text_stream and (stop or stream) else None
         t0 = time.perf_counter()
-        out = METHODS[method](self, ids, max_new_tokens, sampling, self.eos_ids if eos else set(), on_token,
-                              **method_options)
+        if moe_k is not None or roe is not None:
+            if method != "ar" or method_options:
+                raise ValueError("moe_k / roe decode with method 'ar' and no method options")
+            from leaninfer.moe.decode import decode_moe
+
+            out = decode_moe(self.model, ids, max_new_tokens, sampling, self.eos_ids if eos else set(), on_token,
+                             top_k=moe_k, roe=roe)
+        else:
+            out = METHODS[method](self, ids, max_new_tokens, sampling, self.eos_ids if eos else set(), on_token,
+                                  **method_options)
         e2e = time.perf_counter() - t0
         tokens = out.tokens
         if text_stream is not None:

@@ -26,6 +26,10 @@ def generate(
     method: Annotated[str, typer.Option(help="Decoding method.")] = "ar",
     precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | int8 | int4 (default: library's)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
+    moe_k: Annotated[Optional[int], typer.Option(min=1, help="MoE: experts per token (default: native).")] = None,
+    roe: Annotated[Optional[int], typer.Option(min=1, help="MoE models: Roster of Experts with N members.")] = None,
+    roe_tau: Annotated[float, typer.Option(min=0.0, help="RoE Gumbel noise scale of the noisy layers.")] = 0.2,
+    roe_clean_layers: Annotated[int, typer.Option(min=0, help="RoE: first/last L layers route cleanly.")] = 1,
 ) -> None:
     """Generate text; streams it as it is produced, then prints stats."""
     import leaninfer
@@ -33,8 +37,14 @@ def generate(
     try:
         engine = leaninfer.load(model, precision=precision)
         stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        roe_cfg = None
+        if roe is not None:
+            from leaninfer.moe.roe import RoEConfig
+
+            roe_cfg = RoEConfig(n=roe, tau_per_layer=roe_tau, clean_layers=roe_clean_layers, seed=seed)
         out = engine.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                              top_p=top_p, seed=seed, stop=stop, method=method, stream=stream)
+                              top_p=top_p, seed=seed, stop=stop, method=method, stream=stream, moe_k=moe_k,
+                              roe=roe_cfg)
     except (ValueError, leaninfer.ModelLoadError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
