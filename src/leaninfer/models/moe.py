@@ -96,10 +96,13 @@ class MoE(nn.Module):
             y = torch.bmm(self.down[idx.reshape(-1)], (self.act(g) * u)[:, :, None]).squeeze(-1)  # (N*k, D)
             return (y.view(N, k, -1) * weights[:, :, None]).sum(1)
         out = torch.zeros_like(flat)
+        # views, one per expert: unbind's backward stacks the expert gradients once, where indexing the stack per
+        # expert would zero-fill a full-size gradient for every expert (training)
+        gate_ups, downs = self.gate_up.unbind(0), self.down.unbind(0)
         for e in torch.unique(idx).tolist():  # prefill: group tokens by expert
             rows, slot = torch.where(idx == e)
-            g, u = F.linear(flat[rows], self.gate_up[e]).chunk(2, dim=-1)
-            y = F.linear(self.act(g) * u, self.down[e])
+            g, u = F.linear(flat[rows], gate_ups[e]).chunk(2, dim=-1)
+            y = F.linear(self.act(g) * u, downs[e])
             out.index_add_(0, rows, y * weights[rows, slot, None])
         return out
 
