@@ -1,0 +1,170 @@
+"""`leaninfer moe build`: derive a trained MoE from the default dense model (Gemma 3 270M).
+
+Stages (each resumable; the work folder is `cache_dir("moe", name, "work")`):
+1. collect: run the dense model over training text and keep each layer's FFN input (after the pre-FFN norm)
+   for `collect_tokens` tokens;
+2. moefy: per layer, balanced co-activation clustering of the 2048 neurons into `n_experts` experts, a router
+   fitted to the experts' output norms, then router + experts fitted to the dense outputs (`moe.moefy`);
+3. train: end-to-end distillation from the dense model (KL to its next-token distribution) of the MoE
+   layers only, at the native top-k, for `train_steps` chunks of `seq_len` tokens;
+4. save: a model folder (leaninfer.json, model.safetensors, tokenizer.json, build.json) that
+   `leaninfer.load(path)` reads like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from leaninfer.io.store import read_model_dir, resolve
+from leaninfer.models.build import build_decoder
+from leaninfer.models.moe import Routing
+from leaninfer.models.transformer import Decoder
+from leaninfer.moe import moefy
+from leaninfer.moe.data import chunk_tokens, train_texts
+from leaninfer.moe.train import TrainConfig, train_moe
+from leaninfer.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildConfig:
+    name: str = "gemma3-moe"
+    source: str = "default"
+    n_experts: int = 16
+    top_k: int = 8
+    seq_len: int = 128
+    collect_tokens: int = 4096
+    cluster_tokens: int = 1024
+    router_steps: int = 150
+    fit_steps: int = 60
+    train_steps: int = 160
+    lr: float = 5e-5
+    router_lr: float = 5e-4
+    max_minutes: float = 60.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.top_k <= self.n_experts:
+            raise ValueError(f"need 0 < top_k <= n_experts, got {self.top_k}, {self.n_experts}")
+        if self.collect_tokens < self.cluster_tokens or self.seq_len < 2 or self.max_minutes <= 0:
+            raise ValueError("need collect_tokens >= cluster_tokens, seq_len >= 2, max_minutes > 0")
+
+    @classmethod
+    def quick(cls, **kw) -> BuildConfig:
+        return cls(**{"name": "gemma3-moe-quick", "collect_tokens": 1024, "cluster_tokens": 512, "router_steps": 30,
+                      "fit_steps": 10, "train_steps": 4, "seq_len": 64, **kw})
+
+
+def model_dir(name: str) -> Path:
+    return cache_dir("moe") / name
+
+
+def _collect(dense: Decoder, chunks: list[list[int]], n_tokens: int) -> list[torch.Tensor]:
+    """FFN inputs per layer: n_layers tensors (n_tokens, D)."""
+    store: list[list[torch.Tensor]] = [[] for _ in dense.layers]
+    hooks = [layer.ffn.register_forward_pre_hook(lambda m, a, i=i: store[i].append(a[0].reshape(-1, a[0].shape[-1])))
+             for i, layer in enumerate(dense.layers)]
+    n = 0
+    with torch.inference_mode():
+        for ids in tqdm(chunks, desc="collect", unit="chunk"):
+            dense(torch.tensor([ids]), logits=False)
+            n += len(ids)
+            if n >= n_tokens:
+                break
+    for h in hooks:
+        h.remove()
+    return [torch.cat(s)[:n_tokens].clone() for s in store]
+
+
+def _moefy_layer(dense: Decoder, i: int, x: torch.Tensor, cfg: BuildConfig) -> tuple[dict, float]:
+    mlp = dense.layers[i].ffn
+    gate, up, down = mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach(), mlp.down_proj.weight.detach()
+    act = dense.cfg.act
+    with torch.no_grad():
+        acts = moefy.neuron_activations(x, gate, up, act)  # (N, I)
+        y = acts @ down.t()  # (N, D) dense FFN output
+        assign = moefy.balanced_kmeans(acts[: cfg.cluster_tokens].abs().t(), cfg.n_experts, seed=cfg.seed + i)
+        gate_up, downs, groups = moefy.split_experts(gate, up, down, assign, cfg.n_experts)
+        norms = moefy.expert_norms(acts, down, groups)
+    router = moefy.fit_router(x, norms, cfg.router_steps)
+    scale = moefy.init_scales(x, router, cfg.top_k)
+    downs = downs * scale[:, None, None]
+    router, gate_up, downs, err = moefy.fit_layer(x, y, router, gate_up, downs, cfg.top_k, act, cfg.fit_steps,
+                                                  seed=cfg.seed + i)
+    prefix = f"layers.{i}.ffn."
+    return {prefix + "router.weight": router, prefix + "gate_up": gate_up, prefix + "down": downs}, err
+
+
+def _moe_model(dense_state: dict, dense_cfg, cfg: BuildConfig, ffn: dict) -> Decoder:
+    mcfg = replace(dense_cfg, n_experts=cfg.n_experts, top_k=cfg.top_k, norm_topk_prob=False,
+                   moe_intermediate_size=dense_cfg.intermediate_size // cfg.n_experts,
+                   shared_expert_intermediate_size=0, layer_types=list(dense_cfg.layer_types))
+    state = {k: v for k, v in dense_state.items() if ".ffn." not in k}
+    return build_decoder(mcfg, {**state, **ffn})
+
+
+def build_moe(cfg: BuildConfig, force: bool = False) -> Path:
+    """Run (or resume) the build; returns the model folder. An existing finished build is reused."""
+    out = model_dir(cfg.name)
+    if (out / "build.json").exists() and not force:
+        log.info("MoE %s already built at %s", cfg.name, out)
+        return out
+    work = cache_dir("moe", cfg.name + ".work")
+    t0 = time.perf_counter()
+    src = resolve(cfg.source)
+    dense_cfg, dense_state, tok = read_model_dir(src)
+    if dense_cfg.is_moe:
+        raise ValueError(f"{cfg.source} is already an MoE")
+    dense = build_decoder(dense_cfg, dense_state)
+    chunks = chunk_tokens(tok.encode, train_texts(), cfg.seq_len)
+    random.Random(cfg.seed).shuffle(chunks)
+    log.info("%d training chunks of %d tokens", len(chunks), cfg.seq_len)
+    init = work / "init.pt"
+    if init.exists():
+        saved = torch.load(init, weights_only=False)
+        ffn, errors = saved["ffn"], saved["errors"]
+    else:
+        xs = _collect(dense, chunks, cfg.collect_tokens)
+        ffn, errors = {}, []
+        for i in tqdm(range(dense_cfg.n_layers), desc="moefy", unit="layer"):
+            state, err = _moefy_layer(dense, i, xs[i], cfg)
+            ffn.update(state)
+            errors.append(err)
+        torch.save({"ffn": ffn, "errors": errors}, init)
+    model = _moe_model(dense_state, dense_cfg, cfg, ffn)
+    init_s = time.perf_counter() - t0
+    budget = cfg.max_minutes - init_s / 60
+    tcfg = TrainConfig(steps=cfg.train_steps, lr=cfg.lr, router_lr=cfg.router_lr, loss="kd", max_minutes=budget)
+    native = Routing(top_k=cfg.top_k)
+    result = train_moe(model, chunks, tcfg, lambda step: native, work / "train.pt", teacher=dense)
+    save_model(model, src, out, {
+        "config": asdict(cfg), "layer_fit_rel_error": errors, "train": result,
+        "seconds_init_this_run": init_s, "seconds_train": result["seconds"], "source_folder": str(src),
+    })
+    return out
+
+
+def save_model(model: Decoder, src: Path, out: Path, meta: dict, meta_name: str = "build.json") -> None:
+    """Write a model folder (config, weights, the source's tokenizer, a JSON of metadata) atomically."""
+    from safetensors.torch import save_file
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    if (src / "tokenizer.json").exists():
+        shutil.copy(src / "tokenizer.json", tmp / "tokenizer.json")
+    model.cfg.save(tmp / "leaninfer.json")
+    (tmp / meta_name).write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)

@@ -1,0 +1,136 @@
+"""Training loop shared by the MoE build (distillation from the dense model) and the PHDS / oracle SFT runs.
+
+Only the MoE layers train (routers and experts); attention, norms and the embedding/head stay frozen. Each
+step sees one chunk of `seq_len` tokens; the routing of the step comes from `routing_at(step)` (native top-k,
+a fixed oracle k, or the PHDS schedule). State is checkpointed every `save_every` steps and at the time limit,
+so a run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from leaninfer.models.moe import MoE, Routing
+from leaninfer.models.transformer import Decoder
+from leaninfer.moe.lm import Bf16Head, kd_loss, lm_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float = 3e-5
+    router_lr: float = 3e-4
+    loss: str = "ce"  # "ce": next-token LM loss on the text; "kd": KL to the dense teacher's distribution
+    save_every: int = 25
+    max_minutes: float | None = None
+    warmup: int = 10
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.lr <= 0 or self.router_lr <= 0:
+            raise ValueError("need steps >= 1 and positive learning rates")
+        if self.loss not in ("ce", "kd"):
+            raise ValueError(f"loss must be ce|kd, got {self.loss!r}")
+
+
+def moe_params(model: Decoder) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(router weights, expert stacks) of every MoE layer; freezes every other parameter."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    routers, experts = [], []
+    for m in model.modules():
+        if isinstance(m, MoE):
+            routers.append(m.router.weight)
+            experts += [m.gate_up, m.down]
+    for p in routers + experts:
+        p.requires_grad_(True)
+    if not routers:
+        raise ValueError("the model has no MoE layers to train")
+    return routers, experts
+
+
+def train_moe(
+    model: Decoder,
+    chunks: list[list[int]],
+    cfg: TrainConfig,
+    routing_at: Callable[[int], Routing],
+    ckpt: Path,
+    teacher: Decoder | None = None,
+    on_log: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train the MoE layers of `model` for cfg.steps steps over `chunks` (cycled in order); resumable from
+    `ckpt`. Returns {"steps_done", "losses", "seconds", "complete"}."""
+    if cfg.loss == "kd" and teacher is None:
+        raise ValueError("loss 'kd' needs the dense teacher")
+    if not chunks:
+        raise ValueError("no training chunks")
+    routers, experts = moe_params(model)
+    opt = torch.optim.AdamW([{"params": routers, "lr": cfg.router_lr}, {"params": experts, "lr": cfg.lr}],
+                            weight_decay=0.0)
+    base_lrs = [cfg.router_lr, cfg.lr]
+    state = {"step": 0, "losses": [], "seconds": 0.0}
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        with torch.no_grad():
+            for p, v in zip(routers + experts, saved["params"], strict=True):
+                p.copy_(v)
+        opt.load_state_dict(saved["opt"])
+        state = saved["state"]
+        log.info("resuming %s at step %d", ckpt, state["step"])
+    head = Bf16Head(model)
+    t_head = Bf16Head(teacher) if teacher is not None else None
+    t0, start = time.perf_counter(), state["step"]
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=start, desc=ckpt.stem, unit="step")
+    complete = True
+    for step in range(start, cfg.steps):
+        x = torch.tensor([chunks[step % len(chunks)]])
+        routing = routing_at(step)
+        scale = min(1.0, (step + 1) / cfg.warmup)
+        for group, lr in zip(opt.param_groups, base_lrs, strict=True):
+            group["lr"] = lr * scale
+        logits = head(model(x, logits=False, routing=routing).hidden)
+        if cfg.loss == "kd":
+            with torch.no_grad():
+                target = t_head(teacher(x, logits=False).hidden)
+            loss = kd_loss(logits, target)
+        else:
+            loss = lm_loss(logits, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(routers + experts, 1.0)
+        opt.step()
+        state["losses"].append(float(loss))
+        state["step"] = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        if on_log:
+            on_log(step, float(loss))
+        elapsed = state["seconds"] + time.perf_counter() - t0
+        out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
+        if state["step"] % cfg.save_every == 0 or out_of_time or state["step"] == cfg.steps:
+            _save(ckpt, routers + experts, opt, {**state, "seconds": elapsed})
+        if out_of_time and state["step"] < cfg.steps:
+            log.warning("time limit reached at step %d of %d", state["step"], cfg.steps)
+            complete = False
+            break
+    bar.close()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    seconds = state["seconds"] + time.perf_counter() - t0
+    return {"steps_done": state["step"], "losses": state["losses"], "seconds": seconds, "complete": complete}
+
+
+def _save(path: Path, params, opt, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"params": [p.detach().clone() for p in params], "opt": opt.state_dict(), "state": state}, tmp)
+    tmp.replace(path)
