@@ -81,3 +81,48 @@ def test_frame_targets_and_detection_metrics():
     point = at_fa_rate(curve, 0.5)
     assert point["frr"] == 0.0 and point["threshold"] == 0.8
     np.testing.assert_allclose(smooth(np.array([0, 0, 3.0, 3.0]), 3)[-1], 2.0)
+
+
+def _reference_curve(scores, windows, hours, thresholds, refractory):
+    """The plain per-stream, per-trigger loop the vectorised detection_curve must reproduce."""
+    n_events = sum(len(w) for w in windows)
+    frr, fa, lat = [], [], []
+    for th in thresholds:
+        false_acc, lats = 0, []
+        for s, wins in zip(scores, windows):
+            hit = [False] * len(wins)
+            for t in triggers(s, th, refractory):
+                for i, (a, lo, hi) in enumerate(wins):
+                    if lo <= t <= hi:
+                        if not hit[i]:
+                            hit[i] = True
+                            lats.append((t - a) * 10.0)
+                        break
+                else:
+                    false_acc += 1
+        frr.append(100.0 * (1 - len(lats) / max(n_events, 1)))
+        fa.append(false_acc / hours)
+        lat.append(np.mean(lats) if lats else np.nan)
+    return np.array(frr), np.array(fa), np.array(lat)
+
+
+@pytest.mark.parametrize("task", ["kws", "onset"])
+def test_detection_curve_matches_reference_loop(task):
+    rng = np.random.default_rng(0)
+    scores, windows = [], []
+    for i in range(6):
+        n = int(rng.integers(400, 900))
+        t, events = 0.2, []
+        while t < n / 100 - 1.5:  # overlapping windows: gaps shorter than the 1 s kws window tail
+            d = float(rng.uniform(0.3, 0.9))
+            events.append({"start": t, "end": t + d, "kind": "wake" if rng.random() < 0.5 else "unknown"})
+            t += d + float(rng.uniform(0.1, 0.8))
+        scores.append(smooth(rng.random(n) ** 3, 5))
+        windows.append(frame_targets(events, n, task)[2])
+    th = np.linspace(0.05, 0.95, 37)
+    for refractory in (1, 30, 100):
+        curve = detection_curve(scores, windows, 0.5, th, refractory)
+        frr, fa, lat = _reference_curve(scores, windows, 0.5, th, refractory)
+        np.testing.assert_allclose(curve["frr"], frr)
+        np.testing.assert_allclose(curve["fa_per_hour"], fa)
+        np.testing.assert_allclose(curve["latency_ms"], lat)

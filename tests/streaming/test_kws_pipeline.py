@@ -28,7 +28,10 @@ def tiny_corpus() -> dict:
         ]
     ] * 2
     streams = StreamSet([torch.randn(350, 40, generator=g) for _ in range(2)], events, [3.5, 3.5])
-    return {"clips": {"train": clips, "val": clips, "test": clips}, "streams": {"train": streams, "val": streams, "test": streams}}
+    return {
+        "clips": {"train": clips, "val": clips, "test": clips},
+        "streams": {"train": streams, "val": streams, "test": streams},
+    }
 
 
 @pytest.mark.parametrize("kind", ["repcnn", "unibranch", "gru"])

@@ -40,14 +40,37 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dilation", [1, 3])
 @pytest.mark.parametrize("groups", [1, 4])
-def test_block_fold_exact(case, dilation, groups):
-    block = RepConvBlock(8, 8, 7, dilation, groups=groups, **CASES[case])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_block_fold_exact(case, dilation, groups, stride):
+    block = RepConvBlock(8, 8, 7, dilation, groups=groups, stride=stride, **CASES[case])
     _randomise_bn(block)
     block.eval()
     fused = block.reparameterize()
     assert isinstance(fused, ConvBlock)
     x = torch.randn(3, 8, 64)
-    assert (block(x) - fused(x)).abs().max().item() <= 1e-5
+    y = block(x)
+    assert y.shape[-1] == 64 // stride
+    assert (y - fused(x)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_strided_block_is_causal_and_aligned_to_newest_frame(stride):
+    """Output j uses input frames <= j*stride + stride - 1 and no later one; T frames give floor(T / stride)."""
+    block = RepConvBlock(4, 4, 5, 2, branches=((5, 1), (3, 2), (1, 1)), stride=stride)
+    _randomise_bn(block)
+    block.eval()
+    fused = block.reparameterize()
+    x = torch.randn(1, 4, 31)
+    y = fused(x)
+    assert y.shape[-1] == 31 // stride
+    for j in range(y.shape[-1]):
+        last = j * stride + stride - 1
+        x2 = x.clone()
+        x2[..., last + 1 :] += 5.0  # the future of output j
+        torch.testing.assert_close(fused(x2)[..., j], y[..., j])
+        x3 = x.clone()
+        x3[..., last] += 5.0  # its newest frame
+        assert not torch.allclose(fused(x3)[..., j], y[..., j])
 
 
 def test_causal_alignment_is_past_side():

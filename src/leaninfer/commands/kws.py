@@ -195,12 +195,15 @@ def stream(
         [p for _, p in (rt.push_audio(wave[i : i + hop]) for i in range(0, wave.size, hop)) if p.numel()]
     )
     prob = torch.softmax(pooled, -1)[:, CLASSES.index(WAKE)].numpy()
-    fired = [round(i * 0.01 + 0.025, 2) for i in range(1, prob.size) if prob[i] >= threshold > prob[i - 1]]
+    frame_of = [i * rt.stride + rt.stride - 1 for i in range(prob.size)]  # output i -> its input frame
+    fired = [round(frame_of[i] * 0.01 + 0.025, 2) for i in range(1, prob.size) if prob[i] >= threshold > prob[i - 1]]
     _emit(
         {
             "wake_events_s": [round(e["end"], 2) for e in events if e["kind"] == "wake"],
             "fired_s": fired,
             "ms_per_frame_median": 1000 * sorted(rt.step_times)[len(rt.step_times) // 2],
+            "ms_per_frame_mean": 1000 * sum(rt.step_times) / max(1, len(rt.step_times)),
+            "output_stride": rt.stride,
             "state_kb": rt.state_bytes() / 1024,
         },
         json_path,

@@ -85,26 +85,37 @@ def detection_curve(
     refractory: int = 100,
     hop_ms: float = 10.0,
 ) -> dict[str, np.ndarray]:
-    """FRR (%), FA/hour and mean/median latency (ms) for every threshold."""
-    n_events = sum(len(w) for w in windows)
+    """FRR (%), FA/hour and mean/median latency (ms) for every threshold.
+
+    A trigger counts for the first window (in stream order) that contains it; a later trigger in an already
+    detected window is ignored, a trigger in no window is a false accept. The streams are scored as one array
+    with `refractory` silent (-inf) frames between them, so a trigger never suppresses one in the next stream;
+    window bounds must increase along each stream (they do for `frame_targets`).
+    """
+    gap = np.full(max(refractory, 1), -np.inf)
+    parts, lo, hi, anchor, offset = [], [], [], [], 0
+    for s, wins in zip(scores, windows):
+        parts += [np.asarray(s, dtype=np.float64), gap]
+        for a, w_lo, w_hi in wins:
+            anchor.append(a + offset)
+            lo.append(w_lo + offset)
+            hi.append(min(w_hi, len(s) - 1) + offset)
+        offset += len(s) + gap.size
+    flat = np.concatenate(parts) if parts else np.zeros(0)
+    lo, hi, anchor = np.asarray(lo), np.asarray(hi), np.asarray(anchor)
+    n_events = lo.size
     frr, fa, lat_mean, lat_p50 = [], [], [], []
     for th in thresholds:
-        false_acc, lats = 0, []
-        for s, wins in zip(scores, windows):
-            hit = [False] * len(wins)
-            for t in triggers(s, th, refractory):
-                for i, (a, lo, hi) in enumerate(wins):
-                    if lo <= t <= hi:
-                        if not hit[i]:
-                            hit[i] = True
-                            lats.append((t - a) * hop_ms)
-                        break
-                else:
-                    false_acc += 1
-        frr.append(100.0 * (1 - len(lats) / max(n_events, 1)))
-        fa.append(false_acc / max(hours, 1e-9))
-        lat_mean.append(float(np.mean(lats)) if lats else float("nan"))
-        lat_p50.append(float(np.median(lats)) if lats else float("nan"))
+        trig = np.asarray(triggers(flat, th, refractory), dtype=np.int64)
+        i = np.searchsorted(hi, trig, side="left")  # first window whose end is not before the trigger
+        inside = i < n_events
+        inside[inside] = lo[i[inside]] <= trig[inside]
+        hit, first = np.unique(i[inside], return_index=True)  # triggers are sorted: first = earliest per window
+        lats = (trig[inside][first] - anchor[hit]) * hop_ms
+        frr.append(100.0 * (1 - hit.size / max(n_events, 1)))
+        fa.append(int((~inside).sum()) / max(hours, 1e-9))
+        lat_mean.append(float(np.mean(lats)) if lats.size else float("nan"))
+        lat_p50.append(float(np.median(lats)) if lats.size else float("nan"))
     return {
         "threshold": np.asarray(thresholds),
         "frr": np.asarray(frr),

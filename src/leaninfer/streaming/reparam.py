@@ -62,8 +62,9 @@ class RepConvBlock(nn.Module):
     Args:
         c_in, c_out: channels. kernel, dilation: the fused conv (K, D).
         branches: (k, r) pairs — kernel size and dilation multiplier on the D grid; needs (k-1)*r + 1 <= K.
-        identity: add a BN'd identity branch (requires c_in == c_out).
+        identity: add a BN'd identity branch (requires c_in == c_out and stride 1).
         groups: conv groups shared by all branches.
+        stride: causal time stride shared by all branches (output aligned with the newest frame of each group).
     """
 
     def __init__(
@@ -76,16 +77,20 @@ class RepConvBlock(nn.Module):
         identity: bool = True,
         groups: int = 1,
         act: bool = True,
+        stride: int = 1,
     ):
         super().__init__()
         self.c_in, self.c_out, self.kernel, self.dilation, self.groups = c_in, c_out, kernel, dilation, groups
+        self.stride = stride
         for k, r in branches:
             if (k - 1) * r + 1 > kernel:
                 raise ValueError(f"branch (k={k}, r={r}) spans {(k - 1) * r + 1} > kernel {kernel}")
         self.specs = tuple(branches)
-        self.convs = nn.ModuleList(CausalConv1d(c_in, c_out, k, dilation * r, groups, bias=False) for k, r in branches)
+        self.convs = nn.ModuleList(
+            CausalConv1d(c_in, c_out, k, dilation * r, groups, bias=False, stride=stride) for k, r in branches
+        )
         self.bns = nn.ModuleList(nn.BatchNorm1d(c_out) for _ in branches)
-        self.id_bn = nn.BatchNorm1d(c_out) if identity and c_in == c_out else None
+        self.id_bn = nn.BatchNorm1d(c_out) if identity and c_in == c_out and stride == 1 else None
         self.act = nn.ReLU() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T) -> (B, C', T)
@@ -110,18 +115,20 @@ class RepConvBlock(nn.Module):
 
     def reparameterize(self) -> ConvBlock:
         w, b = self.equivalent_kernel_bias()
-        return ConvBlock.from_kernel(w.detach(), b.detach(), self.dilation, self.groups, self.act)
+        return ConvBlock.from_kernel(w.detach(), b.detach(), self.dilation, self.groups, self.act, self.stride)
 
 
 class ConvBNBlock(nn.Module):
     """Single-branch train-time block: ReLU(BN(causal conv(x))). Folds into a ConvBlock."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int = 1, groups: int = 1, act: bool = True):
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, dilation: int = 1, groups: int = 1, act: bool = True, stride: int = 1
+    ):
         super().__init__()
-        self.conv = CausalConv1d(c_in, c_out, kernel, dilation, groups, bias=False)
+        self.conv = CausalConv1d(c_in, c_out, kernel, dilation, groups, bias=False, stride=stride)
         self.bn = nn.BatchNorm1d(c_out)
         self.act = nn.ReLU() if act else nn.Identity()
-        self.dilation, self.groups = dilation, groups
+        self.dilation, self.groups, self.stride = dilation, groups, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
@@ -131,15 +138,17 @@ class ConvBNBlock(nn.Module):
 
     def reparameterize(self) -> ConvBlock:
         w, b = self.equivalent_kernel_bias()
-        return ConvBlock.from_kernel(w.detach(), b.detach(), self.dilation, self.groups, self.act)
+        return ConvBlock.from_kernel(w.detach(), b.detach(), self.dilation, self.groups, self.act, self.stride)
 
 
 class ConvBlock(nn.Module):
     """Inference block: ReLU(causal conv(x) + b) — the single-branch CNN layer."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int = 1, groups: int = 1, act: bool = True):
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, dilation: int = 1, groups: int = 1, act: bool = True, stride: int = 1
+    ):
         super().__init__()
-        self.conv = CausalConv1d(c_in, c_out, kernel, dilation, groups, bias=True)
+        self.conv = CausalConv1d(c_in, c_out, kernel, dilation, groups, bias=True, stride=stride)
         self.act = nn.ReLU() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,10 +159,10 @@ class ConvBlock(nn.Module):
 
     @classmethod
     def from_kernel(
-        cls, weight: torch.Tensor, bias: torch.Tensor, dilation: int, groups: int, act: nn.Module
+        cls, weight: torch.Tensor, bias: torch.Tensor, dilation: int, groups: int, act: nn.Module, stride: int = 1
     ) -> ConvBlock:
         c_out, per_group, k = weight.shape
-        block = cls(per_group * groups, c_out, k, dilation, groups, act=not isinstance(act, nn.Identity))
+        block = cls(per_group * groups, c_out, k, dilation, groups, act=not isinstance(act, nn.Identity), stride=stride)
         with torch.no_grad():
             block.conv.weight.copy_(weight)
             block.conv.bias.copy_(bias)

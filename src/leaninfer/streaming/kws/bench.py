@@ -48,10 +48,11 @@ TASK_FA_GRID = {"kws": (1.0, 2.0, 5.0, 10.0), "onset": (10.0, 30.0, 60.0)}  # ex
 # earlier 121-point grid (step 0.12) skipped operating points: FRR at 2 FA/h moved by 3-4 points on a finer grid.
 N_THRESHOLDS = 601
 # SAL hyper-parameters per (task, family). Default (lambda 4, tau 10 frames) was fixed before any run. For the
-# conv wake-phrase detector (the headline cell) they were re-chosen on 1 h of *validation* streams with
-# `python -m leaninfer.streaming.kws.sal_select` (rule: lowest mean val FRR at 2 FA/h over the bench seeds;
-# see docs/kws.md); the other cells were not tuned. CE is never tuned.
-SAL_HP = {("kws", "unibranch"): {"sal_lambda": 1.0, "sal_tau": 5.0}}
+# conv wake-phrase detector (the headline cell) they are chosen on the *validation* streams with
+# `python -m leaninfer.streaming.kws.sal_select` (rule: lowest mean val FRR at 2 FA/h over 3 seeds; see
+# docs/kws.md). Run 4 (strided CNN, 2 h val): CE 36.1, (4, 10) 36.7, (1, 5) 38.7, (4, 5) 34.9 % -> (4, 5).
+# The other cells were not tuned. CE is never tuned.
+SAL_HP = {("kws", "unibranch"): {"sal_lambda": 4.0, "sal_tau": 5.0}}
 
 
 @dataclass
@@ -63,7 +64,9 @@ class BenchConfig:
     frame_batch: int = 24
     seeds: tuple[int, ...] = (0, 1, 2)
     bc_seeds: tuple[int, ...] = (0,)
-    sal_seeds: tuple[int, ...] = (0, 1, 2)  # CE and SAL alike; the 2 FA/h point is a tail statistic (see docs)
+    # wake-phrase CE and SAL cells alike: 5 seeds, as the 2 FA/h point is a tail statistic (see docs/kws.md)
+    sal_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    onset_seeds: tuple[int, ...] = (0, 1, 2)
     uniform_bits: tuple[int, ...] = (8, 4, 3, 2)
     kmeans_bits: tuple[int, ...] = (2, 1)
 
@@ -79,12 +82,13 @@ class BenchConfig:
             seeds=(0, 1, 2),
             bc_seeds=(0,),
             sal_seeds=(0,),
+            onset_seeds=(0,),
         )
 
 
 def _n_train_steps(bc: BenchConfig) -> int:
     clip = bc.clip_steps * (len(bc.seeds) * (1 + len(R2_LAMBDA)) + len(bc.bc_seeds) + 1)
-    frame = bc.frame_steps * (len(bc.sal_seeds) * 8 + 2)
+    frame = bc.frame_steps * (len(bc.sal_seeds) * 4 + len(bc.onset_seeds) * 4 + 2)
     return clip + frame
 
 
@@ -184,7 +188,7 @@ def run_sal(corpus: dict, bc: BenchConfig, bar) -> dict:
     cells += [("kws", "unibranch", "sa+fl"), ("kws", "unibranch", "safl")]
     out = {}
     for task, fam, loss in cells:
-        seeds = bc.sal_seeds if loss in ("ce", "sal") else bc.sal_seeds[:1]
+        seeds = (bc.sal_seeds if task == "kws" else bc.onset_seeds) if loss in ("ce", "sal") else bc.sal_seeds[:1]
         wins = [frame_targets(ev, f.shape[0], task)[2] for ev, f in zip(te.events, te.feats)]
         points, curves = [], []
         for seed in seeds:
@@ -204,11 +208,17 @@ def run_sal(corpus: dict, bc: BenchConfig, bar) -> dict:
             "fa_target": TASK_FA[task],
             "frr": float(np.mean([p["frr"] for p in points])),
             "frr_std": float(np.std([p["frr"] for p in points])),
+            "frr_sem": float(np.std([p["frr"] for p in points], ddof=1) / np.sqrt(len(points)))
+            if len(points) > 1
+            else None,
             "latency_ms": float(np.nanmean([p["latency_ms"] for p in points])),
             "fa_per_hour": float(np.nanmean([p["fa_per_hour"] for p in points])),
             "points": points,
             "frr_at_fa": {
                 str(fa): float(np.mean([at_fa_rate(c, fa)["frr"] for c in curves])) for fa in TASK_FA_GRID[task]
+            },
+            "frr_at_fa_per_seed": {
+                str(fa): [float(at_fa_rate(c, fa)["frr"]) for c in curves] for fa in TASK_FA_GRID[task]
             },
             "curve": {k: np.round(v, 4).tolist() for k, v in curves[0].items() if k in ("frr", "fa_per_hour")},
         }
@@ -223,6 +233,8 @@ def headline(res: dict) -> dict:
         "unibranch_acc": arch["unibranch"]["acc"],
         "bcresnet_acc": arch["bcresnet"]["acc"],
         "repcnn_ms_per_frame": eff["repcnn"]["ms_per_frame"],
+        "repcnn_full_step_ms": eff["repcnn"]["full_step_ms"],
+        "bcresnet_full_step_ms": eff["bcresnet"]["full_step_ms"],
         "unibranch_ms_per_frame": eff["unibranch"]["ms_per_frame"],
         "bcresnet_ms_per_frame": eff["bcresnet"]["ms_per_frame"],
         "repcnn_peak_kb": eff["repcnn"]["peak_kb"],
@@ -239,6 +251,13 @@ def headline(res: dict) -> dict:
     }
 
 
+def _significant_gain(ce: dict, sal: dict) -> bool:
+    """SAL's FRR below CE's by more than 2 standard errors of the difference of the seed means."""
+    if not ce.get("frr_sem") or not sal.get("frr_sem"):
+        return False
+    return bool(ce["frr"] - sal["frr"] > 2 * float(np.hypot(ce["frr_sem"], sal["frr_sem"])))
+
+
 def targets(h: dict, res: dict) -> dict[str, bool]:
     eff = res["efficiency"]
     return {
@@ -249,8 +268,13 @@ def targets(h: dict, res: dict) -> dict[str, bool]:
         "repcnn_half_bcresnet_peak_memory (streaming)": h["repcnn_peak_kb"] <= 0.5 * h["bcresnet_peak_kb"],
         "repcnn_half_bcresnet_peak_memory (1 s window)": eff["repcnn"]["window_peak_kb"]
         <= 0.5 * eff["bcresnet"]["window_peak_kb"],
-        "repcnn_lower_latency_than_bcresnet": h["repcnn_ms_per_frame"] < h["bcresnet_ms_per_frame"],
+        "repcnn_lower_latency_than_bcresnet (per hop and full step)": h["repcnn_ms_per_frame"]
+        < h["bcresnet_ms_per_frame"]
+        and h["repcnn_full_step_ms"] < h["bcresnet_full_step_ms"],
         "sal_lower_frr_than_ce": h["sal_frr"] < h["ce_frr"],
+        "sal_frr_gain_beyond_2_se_of_seed_noise": _significant_gain(
+            res["sal"]["kws/unibranch/ce"], res["sal"]["kws/unibranch/sal"]
+        ),
         "sal_lower_latency_than_ce": h["sal_latency_ms"] < h["ce_latency_ms"],
         "r2_raises_2bit_accuracy": h["r2_2bit_acc"] > h["base_2bit_acc"],
     }

@@ -111,7 +111,7 @@ class DataConfig:
     sample_rate: int = 16000
     clip_s: float = 1.0
     clips_per_class: tuple[int, int, int] = (240, 40, 80)
-    streams: tuple[int, int, int] = (120, 0, 120)
+    streams: tuple[int, int, int] = (120, 240, 480)
     stream_s: float = 30.0
     wake_prob: float = 0.3
     version: int = 1
@@ -201,11 +201,16 @@ def render_stream(cfg: DataConfig, split: str, index: int) -> tuple[np.ndarray, 
     return (mix / max(1.0, float(np.abs(mix).max()) / 0.99)).astype(np.float32), events
 
 
-def _build_clips(cfg: DataConfig, split: str, n_per_class: int, lm: LogMel, bar: tqdm) -> ClipSet:
+def _build_clips(
+    cfg: DataConfig, split: str, n_per_class: int, lm: LogMel, bar: tqdm, prior: ClipSet | None = None
+) -> ClipSet:
+    """Render the clip set; clips of a cached `prior` set (same seed, an index prefix per class) are reused."""
+    have = prior.labels.numel() // len(CLASSES) if prior is not None and prior.labels.numel() else 0
     feats, labels = [], []
     for label in range(len(CLASSES)):
         for i in range(n_per_class):
-            feats.append(lm(render_clip(cfg, split, label, i)))
+            reuse = i < have
+            feats.append(prior.feats[label * have + i] if reuse else lm(render_clip(cfg, split, label, i)))
             labels.append(label)
             bar.update(1)
     return ClipSet(
@@ -213,15 +218,45 @@ def _build_clips(cfg: DataConfig, split: str, n_per_class: int, lm: LogMel, bar:
     )
 
 
-def _build_streams(cfg: DataConfig, split: str, count: int, lm: LogMel, bar: tqdm) -> StreamSet:
+def _build_streams(
+    cfg: DataConfig, split: str, count: int, lm: LogMel, bar: tqdm, prior: StreamSet | None = None
+) -> StreamSet:
+    """Render `count` streams; the first streams of a cached `prior` set (same seed and split) are reused."""
+    have = len(prior.feats) if prior is not None else 0
     feats, events, durs = [], [], []
     for i in range(count):
-        wave, ev = render_stream(cfg, split, i)
-        feats.append(lm(wave))
-        events.append(ev)
-        durs.append(wave.size / cfg.sample_rate)
+        if i < have:
+            feats.append(prior.feats[i])
+            events.append(prior.events[i])
+            durs.append(prior.durations[i])
+        else:
+            wave, ev = render_stream(cfg, split, i)
+            feats.append(lm(wave))
+            events.append(ev)
+            durs.append(wave.size / cfg.sample_rate)
         bar.update(1)
     return StreamSet(feats, events, durs)
+
+
+_COUNTS = ("clips_per_class", "streams")
+
+
+def _prior_corpus(cfg: DataConfig) -> dict | None:
+    """The cached corpus with the same settings except the counts and the most items to reuse, if any.
+
+    Every clip and stream is a pure function of (seed, split, class, index), so a cached corpus with the same
+    settings holds an exact prefix of a bigger one: growing the test streams only renders the new ones.
+    """
+    want = {k: v for k, v in asdict(cfg).items() if k not in _COUNTS}
+    best, best_n = None, 0
+    for conf in cache_dir("kws").glob("corpus-*/config.json"):
+        old = json.loads(conf.read_text())
+        if {k: v for k, v in old.items() if k not in _COUNTS} != want or not (conf.parent / "corpus.pt").exists():
+            continue
+        n = sum(old["streams"]) + sum(old["clips_per_class"])
+        if n > best_n:
+            best, best_n = conf.parent / "corpus.pt", n
+    return torch.load(best, weights_only=False) if best is not None else None
 
 
 def build_corpus(cfg: DataConfig, force: bool = False, progress: bool = True) -> dict:
@@ -234,10 +269,14 @@ def build_corpus(cfg: DataConfig, force: bool = False, progress: bool = True) ->
     lm = LogMel(cfg.sample_rate)
     total = sum(cfg.clips_per_class) * len(CLASSES) + sum(cfg.streams)
     corpus: dict = {"clips": {}, "streams": {}, "config": asdict(cfg)}
+    prior = None if force else _prior_corpus(cfg)
+    if prior is not None:
+        log.info("reusing cached clips/streams of a corpus with the same settings (a prefix of this one)")
     with tqdm(total=total, desc="kws data", disable=not progress, unit="item") as bar:
         for split, n_clip, n_stream in zip(SPLITS, cfg.clips_per_class, cfg.streams):
-            corpus["clips"][split] = _build_clips(cfg, split, n_clip, lm, bar)
-            corpus["streams"][split] = _build_streams(cfg, split, n_stream, lm, bar)
+            old_clips, old_streams = (prior["clips"][split], prior["streams"][split]) if prior else (None, None)
+            corpus["clips"][split] = _build_clips(cfg, split, n_clip, lm, bar, old_clips)
+            corpus["streams"][split] = _build_streams(cfg, split, n_stream, lm, bar, old_streams)
     torch.save(corpus, path)
     (path.parent / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     log.info("KWS corpus written to %s", path)

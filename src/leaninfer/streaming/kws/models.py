@@ -1,16 +1,20 @@
 """Small streaming detectors. All take log-mel (B, T, n_mels) and return per-frame logits (B, T, n_out).
 
-* `CNN` (kind "unibranch"): stem + causal dilated conv blocks, each conv+BN+ReLU (BN folds away).
+* `CNN` (kind "unibranch"): stem + causal dilated conv blocks, each conv+BN+ReLU (BN folds away); blocks may
+  stride in time (causally), so the deeper layers and the head run at a lower frame rate.
 * `CNN` (kind "repcnn"): the same graph trained with RepConvBlocks; `reparameterize()` folds it into
   exactly the unibranch inference graph.
 * `BCResNet`: broadcasted residual learning (Kim et al. 2021), made causal in time.
 * `GRUNet`: uni-directional GRU + per-frame linear head.
-Clip logits are the mean of the frame logits over the clip (linear, so equal to mean-pooled features).
+Clip logits are the mean of the output-frame logits over the clip (linear, so equal to mean-pooled features).
+A model with total time stride S returns floor(T / S) output frames; output j is aligned with input frame
+j*S + S - 1 (`time_stride(model)`, `hold_frames` spreads outputs back onto the 10 ms grid).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -31,7 +35,10 @@ class ModelConfig:
     n_out: int = 13
     channels: int = 32
     kernel: int = 5
-    dilations: tuple[int, ...] = (1, 2, 4, 8)
+    # Blocks 1-2 stride by 2 (100 -> 50 -> 25 frames/s), so the dilated layers keep short ring buffers at the
+    # quarter rate; receptive field 111 frames (1.1 s: the whole wake phrase at its end).
+    dilations: tuple[int, ...] = (1, 1, 2, 4)
+    strides: tuple[int, ...] = (2, 2, 1, 1)
     branches: tuple[tuple[int, int], ...] = ((5, 1), (3, 1), (1, 1), (3, 2))
     bc_base: int = 8  # BC-ResNet width (BC-ResNet-1 = 8)
     gru_hidden: int = 64
@@ -42,8 +49,11 @@ class ModelConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         self.dilations = tuple(int(d) for d in self.dilations)
         self.branches = tuple((int(k), int(r)) for k, r in self.branches)
+        self.strides = tuple(int(s) for s in self.strides)
         if self.kernel < 1 or not self.dilations:
             raise ValueError("kernel >= 1 and at least one block are required")
+        if len(self.strides) != len(self.dilations) or min(self.strides) < 1:
+            raise ValueError(f"strides {self.strides} need one value >= 1 per block (dilations {self.dilations})")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -60,16 +70,19 @@ class CNN(nn.Module):
         super().__init__()
         self.cfg = cfg
         c = cfg.channels
+        specs = list(zip(cfg.dilations, cfg.strides))
         if cfg.kind == "repcnn":
             self.stem = RepConvBlock(cfg.n_mels, c, 3, 1, branches=((3, 1), (1, 1)), identity=False)
-            self.blocks = nn.Sequential(*(RepConvBlock(c, c, cfg.kernel, d, cfg.branches) for d in cfg.dilations))
+            blocks = [RepConvBlock(c, c, cfg.kernel, d, cfg.branches, stride=s) for d, s in specs]
         else:
             self.stem = ConvBNBlock(cfg.n_mels, c, 3, 1)
-            self.blocks = nn.Sequential(*(ConvBNBlock(c, c, cfg.kernel, d) for d in cfg.dilations))
+            blocks = [ConvBNBlock(c, c, cfg.kernel, d, stride=s) for d, s in specs]
+        self.blocks = nn.Sequential(*blocks)
         self.head = CausalConv1d(c, cfg.n_out, 1)
+        self.time_stride = math.prod(cfg.strides)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, M) -> (B, T, n_out)
-        h = self.blocks(self.stem(x.transpose(1, 2)))  # (B, C, T)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, M) -> (B, T // time_stride, n_out)
+        h = self.blocks(self.stem(x.transpose(1, 2)))  # (B, C, T // time_stride)
         return self.head(h).transpose(1, 2)
 
 
@@ -162,6 +175,23 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.kind == "bcresnet":
         return BCResNet(cfg)
     return GRUNet(cfg)
+
+
+def time_stride(model: nn.Module) -> int:
+    """Input frames per output frame (1 for models that emit every frame)."""
+    return int(getattr(model, "time_stride", 1))
+
+
+def hold_frames(out: torch.Tensor, stride: int, n_frames: int, fill: float = 0.0) -> torch.Tensor:
+    """(B, T // stride, ...) outputs -> (B, n_frames, ...) on the input frame grid, each output held until the next.
+
+    Output j appears at input frame j*stride + stride - 1 (when a streaming runtime has it); the frames before
+    the first output get `fill`.
+    """
+    if stride == 1:
+        return out
+    lead = out.new_full((out.shape[0], stride - 1, *out.shape[2:]), fill)
+    return torch.cat([lead, out.repeat_interleave(stride, dim=1)], dim=1)[:, :n_frames]  # floor(T/S)*S + S-1 >= T
 
 
 def n_params(model: nn.Module) -> int:

@@ -16,7 +16,7 @@ from torch import nn
 
 from leaninfer.streaming import sal as sal_lib
 from leaninfer.streaming.kws.data import ClipSet, StreamSet
-from leaninfer.streaming.kws.models import ModelConfig, build_model
+from leaninfer.streaming.kws.models import ModelConfig, build_model, hold_frames, time_stride
 from leaninfer.streaming.metrics import clip_accuracy, frame_targets
 from leaninfer.streaming.r2 import make_regularizer
 from leaninfer.streaming.reparam import fused_kernels
@@ -176,19 +176,35 @@ def train_frames(mcfg: ModelConfig, tc: TrainConfig, streams: StreamSet, task: s
     opt, sched = _optimizer(model, tc)
     batches = _stream_segments(streams, task, tc, gen)
     model.train()
+    stride = time_stride(model)
     for _ in range(tc.steps):
         x, y, dist = next(batches)
-        logits = model(normalise(model, x))[..., 0]  # (B, T)
+        logits = model(normalise(model, x))[..., 0]  # (B, T // stride)
+        y, dist = (aligned_frames(t, stride, logits.shape[1]) for t in (y, dist))
         loss = frame_loss(logits, y, dist, tc)
         _step(opt, sched, loss, progress)
     return model.eval()
 
 
+def aligned_frames(t: torch.Tensor, stride: int, n_out: int) -> torch.Tensor:
+    """(B, T) per-frame targets -> (B, n_out) at the input frames a stride-`stride` model's outputs align with."""
+    return t if stride == 1 else t[:, stride - 1 :: stride][:, :n_out]
+
+
 @torch.inference_mode()
 def stream_posteriors(model: nn.Module, streams: StreamSet) -> list[np.ndarray]:
-    """Per-frame sigmoid posteriors of a causal detector over each stream (whole-stream causal forward)."""
+    """Per-frame sigmoid posteriors of a causal detector over each stream (whole-stream causal forward).
+
+    A strided model's outputs are held on the 10 ms grid (what a streaming runtime shows at each frame);
+    frames before its first output get posterior 0.
+    """
     model.eval()
-    return [torch.sigmoid(model(normalise(model, f[None]))[0, :, 0]).numpy() for f in streams.feats]
+    out = []
+    for f in streams.feats:
+        logits = model(normalise(model, f[None]))[..., 0]  # (1, T // stride)
+        logits = hold_frames(logits, time_stride(model), f.shape[0], fill=float("-inf"))
+        out.append(torch.sigmoid(logits[0]).numpy())
+    return out
 
 
 def _step(opt, sched, loss, progress) -> None:
