@@ -92,3 +92,19 @@ def test_cli(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "ms_per_frame" in r.output
     r = runner.invoke(app, ["kws", "data", "--quick"])
     assert r.exit_code == 0 and "stream_hours" in r.output
+
+
+def test_bench_training_in_worker_processes_equals_serial():
+    """--workers forks one-thread processes for the clip section and each SAL cell: same seeds, same numbers."""
+    from leaninfer.streaming.kws.bench import BenchConfig, run_training
+
+    corpus = tiny_corpus()
+    bc = BenchConfig(clip_steps=2, frame_steps=2, frame_batch=2, seeds=(0,), sal_seeds=(0, 1), onset_seeds=(0,))
+    serial, _, sal_serial = run_training(corpus, bc, progress=False, workers=1)
+    forked, models, sal_forked = run_training(corpus, bc, progress=False, workers=2)
+    assert json.dumps(serial, sort_keys=True) == json.dumps(forked, sort_keys=True)
+    assert list(sal_forked) == list(sal_serial)
+    for key, cell in sal_serial.items():
+        assert [p["frr"] for p in cell["points"]] == [p["frr"] for p in sal_forked[key]["points"]]
+        assert cell["curve"] == sal_forked[key]["curve"]
+    assert set(models) == {"repcnn", "unibranch", "bcresnet", "gru"}

@@ -213,6 +213,7 @@ def stream(
 def bench_kws(
     quick: bool = typer.Option(False, "--quick", help="Small smoke-test sizes (a few minutes)."),
     json_path: Path = typer.Option(None, "--json", help="Where to write the JSON (default reports/kws.json)."),
+    workers: int = typer.Option(1, "--workers", help="Training processes (1 thread each); timing runs alone after."),
 ) -> None:
     """RepCNN vs unibranch vs BC-ResNet, R^2 + PTQ, SAL vs CE; writes reports/kws.{json,md,png}."""
     import logging
@@ -220,7 +221,9 @@ def bench_kws(
     from leaninfer.streaming.kws.bench import run_bench
 
     logging.getLogger("leaninfer").setLevel(logging.INFO)
-    res = run_bench(quick=quick, json_path=json_path)
+    if workers < 1:
+        raise typer.BadParameter("--workers must be >= 1")
+    res = run_bench(quick=quick, json_path=json_path, workers=workers)
     typer.echo(json.dumps({"headline": res["headline"], "targets": res["targets"]}, indent=2, default=str))
 
 

@@ -10,7 +10,9 @@ Sections (all numbers measured in this run, nothing copied in):
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -181,14 +183,20 @@ def reparam_and_export(corpus: dict, bc: BenchConfig, out_dir: Path) -> dict:
     }
 
 
-def run_sal(corpus: dict, bc: BenchConfig, bar) -> dict:
+SAL_CELLS = [(task, fam, loss) for task in ("kws", "onset") for fam in ("unibranch", "gru") for loss in ("ce", "sal")]
+SAL_CELLS += [("kws", "unibranch", "sa+fl"), ("kws", "unibranch", "safl")]
+
+
+def _cell_seeds(bc: BenchConfig, task: str, loss: str) -> tuple[int, ...]:
+    return (bc.sal_seeds if task == "kws" else bc.onset_seeds) if loss in ("ce", "sal") else bc.sal_seeds[:1]
+
+
+def run_sal(corpus: dict, bc: BenchConfig, bar, cells: list[tuple[str, str, str]] = SAL_CELLS) -> dict:
     """Frame detectors trained with CE vs SAL (and focal variants on kws/conv), equal steps and data."""
     tr, te = corpus["streams"]["train"], corpus["streams"]["test"]
-    cells = [(task, fam, loss) for task in ("kws", "onset") for fam in ("unibranch", "gru") for loss in ("ce", "sal")]
-    cells += [("kws", "unibranch", "sa+fl"), ("kws", "unibranch", "safl")]
     out = {}
     for task, fam, loss in cells:
-        seeds = (bc.sal_seeds if task == "kws" else bc.onset_seeds) if loss in ("ce", "sal") else bc.sal_seeds[:1]
+        seeds = _cell_seeds(bc, task, loss)
         wins = [frame_targets(ev, f.shape[0], task)[2] for ev, f in zip(te.events, te.feats)]
         points, curves = [], []
         for seed in seeds:
@@ -293,15 +301,54 @@ def strict_json(obj):
     return obj
 
 
+_FORKED: dict = {}  # the corpus, inherited by forked workers (never pickled)
+
+
+def _task(bc: BenchConfig, cell: tuple[str, str, str] | None, progress: bool):
+    """One unit of training work in a worker: the clip section (cell None) or one SAL cell."""
+    torch.set_num_threads(1)
+    corpus = _FORKED["corpus"]
+    clip_total = bc.clip_steps * (len(bc.seeds) * (1 + len(R2_LAMBDA)) + len(bc.bc_seeds) + 1)
+    total = clip_total if cell is None else bc.frame_steps * len(_cell_seeds(bc, cell[0], cell[2]))
+    name = "clips" if cell is None else "/".join(cell)
+    with tqdm(total=total, desc=name, disable=not progress, unit="step", mininterval=30) as bar:
+        return run_r2_and_arch(corpus, bc, bar) if cell is None else run_sal(corpus, bc, bar, [cell])
+
+
+def run_training(corpus: dict, bc: BenchConfig, progress: bool, workers: int = 1) -> tuple[dict, dict, dict]:
+    """Clip section + SAL cells -> (clip results, clip models, SAL results).
+
+    workers > 1 runs the clip section and each SAL cell as separate tasks in forked one-thread processes (the
+    same seeded trainings as the serial path, so the same numbers); timing is measured afterwards, alone.
+    """
+    if workers <= 1:
+        with tqdm(total=_n_train_steps(bc), desc="bench kws", disable=not progress, unit="step") as bar:
+            clip_res, models = run_r2_and_arch(corpus, bc, bar)
+            return clip_res, models, run_sal(corpus, bc, bar)
+    _FORKED["corpus"] = corpus
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        clip = pool.submit(_task, bc, None, progress)
+        cells = [pool.submit(_task, bc, cell, progress) for cell in SAL_CELLS]
+        clip_res, models = clip.result()
+        sal = {k: v for fut in cells for k, v in fut.result().items()}
+    _FORKED.clear()
+    return clip_res, models, sal
+
+
 def run_bench(
-    quick: bool = False, json_path: str | Path | None = None, out_dir: str | Path | None = None, progress: bool = True
+    quick: bool = False,
+    json_path: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    workers: int = 1,
+    config: BenchConfig | None = None,
 ) -> dict:
     """Run everything; write kws.json, kws.md, kws.png under out_dir (default reports/); returns the results."""
     from leaninfer.streaming.kws.report import write_reports
 
     torch.set_num_threads(1)
     t0 = time.time()
-    bc = BenchConfig.make(quick)
+    bc = config or BenchConfig.make(quick)
     out_dir = Path(out_dir) if out_dir else reports_dir()
     corpus = build_corpus(bc.data, progress=progress)
     res: dict = {
@@ -312,10 +359,9 @@ def run_bench(
             for split in ("train", "val", "test")
         },
     }
-    with tqdm(total=_n_train_steps(bc), desc="bench kws", disable=not progress, unit="step") as bar:
-        clip_res, models = run_r2_and_arch(corpus, bc, bar)
-        res.update(clip_res)
-        res["sal"] = run_sal(corpus, bc, bar)
+    clip_res, models, res["sal"] = run_training(corpus, bc, progress, workers)
+    res.update(clip_res)
+    res["workers"] = workers
     res["efficiency"] = run_efficiency(models, corpus, bc)
     res["reparam"] = reparam_and_export(corpus, bc, cache_dir("kws", "export"))
     res["headline"] = headline(res)
