@@ -43,7 +43,9 @@ class Scorer:
             hidden = self.model(x, logits=False, routing=self.routing).hidden[:, :-1]
         else:
             cache = self.model.new_cache(1, len(ids))
-            hidden = roe_forward(self.model, x, cache, self.roe, self.top_k, self.gen)[:, :-1]
+            step = self.model.cfg.sliding_window or len(ids)  # blocks never span more than one window
+            hidden = torch.cat([roe_forward(self.model, x[:, i : i + step], cache, self.roe, self.top_k, self.gen)
+                                for i in range(0, len(ids), step)], dim=1)[:, :-1]
         return self._target_logprobs(hidden, targets)
 
     @torch.inference_mode()

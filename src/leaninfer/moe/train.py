@@ -30,7 +30,7 @@ class TrainConfig:
     lr: float = 3e-5
     router_lr: float = 3e-4
     loss: str = "ce"  # "ce": next-token LM loss on the text; "kd": KL to the dense teacher's distribution
-    save_every: int = 25
+    save_every: int = 10
     max_minutes: float | None = None
     warmup: int = 10
 
@@ -108,12 +108,13 @@ def train_moe(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(routers + experts, 1.0)
         opt.step()
-        state["losses"].append(float(loss))
+        value = float(loss.detach())
+        state["losses"].append(value)
         state["step"] = step + 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{value:.3f}")
         if on_log:
-            on_log(step, float(loss))
+            on_log(step, value)
         elapsed = state["seconds"] + time.perf_counter() - t0
         out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
         if state["step"] % cfg.save_every == 0 or out_of_time or state["step"] == cfg.steps:

@@ -1,0 +1,124 @@
+"""`leaninfer moe build|phds|eval` and `leaninfer bench moe`: parse, call the library, print."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+moe_app = typer.Typer(help="Mixture of experts: build one from the default model, PHDS dial-k SFT, RoE, eval.",
+                      no_args_is_help=True)
+
+
+def _emit(result: dict, json_out: bool) -> None:
+    if json_out:
+        print(json.dumps(result, default=str))
+    else:
+        for k, v in result.items():
+            print(f"{k:22s} {v}")
+
+
+@moe_app.command("build")
+def moe_build(
+    name: Annotated[str, typer.Option(help="Name of the MoE in the user cache.")] = "gemma3-moe",
+    experts: Annotated[int, typer.Option(min=2, help="Experts per layer.")] = 16,
+    k: Annotated[int, typer.Option(min=1, help="Native experts per token.")] = 8,
+    train_steps: Annotated[int, typer.Option(min=1)] = 40,
+    max_minutes: Annotated[float, typer.Option(min=1.0)] = 60.0,
+    quick: Annotated[bool, typer.Option(help="A tiny smoke build (minutes).")] = False,
+    force: Annotated[bool, typer.Option(help="Rebuild even when a finished build exists.")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Derive a trained MoE from Gemma 3 270M (MoEfication + distillation); resumable."""
+    from leaninfer.moe.build import BuildConfig, build_moe
+
+    logging.basicConfig(level=logging.INFO)
+    try:
+        cfg = (BuildConfig.quick() if quick else
+               BuildConfig(name=name, n_experts=experts, top_k=k, train_steps=train_steps, max_minutes=max_minutes))
+        out = build_moe(cfg, force=force)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    meta = json.loads((out / "build.json").read_text())
+    _emit({"model": str(out), "steps_done": meta["train"]["steps_done"], "complete": meta["train"]["complete"],
+           "train_minutes": meta["seconds_train"] / 60, "layer_fit_rel_error": meta["layer_fit_rel_error"]}, json_out)
+
+
+@moe_app.command("phds")
+def moe_phds(
+    base: Annotated[str, typer.Option(help="A built MoE name or model folder.")] = "gemma3-moe",
+    steps: Annotated[int, typer.Option(min=1)] = 24,
+    k_set: Annotated[Optional[list[int]], typer.Option("--k", help="k values to train (repeatable).")] = None,
+    anchor_k: Annotated[Optional[int], typer.Option(help="Low k the curriculum anchors at.")] = 4,
+    oracles: Annotated[bool, typer.Option(help="Also run the fixed-k oracle SFT at every k (same budget).")] = False,
+    max_minutes: Annotated[Optional[float], typer.Option()] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """PHDS SFT (k drawn per step, anchor curriculum); with --oracles the fixed-k baselines. Resumable."""
+    from leaninfer.moe.sft import SFTConfig, run_sft
+
+    logging.basicConfig(level=logging.INFO)
+    try:
+        cfg = SFTConfig(base=base, steps=steps, k_set=k_set or [4, 6, 8], anchor_k=anchor_k, max_minutes=max_minutes)
+        out = {"phds": str(run_sft(cfg))}
+        if oracles:
+            out.update({f"oracle{k}": str(run_sft(cfg, oracle_k=k)) for k in cfg.k_set})
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise typer.BadParameter(str(e)) from e
+    _emit(out, json_out)
+
+
+@moe_app.command("eval")
+def moe_eval(
+    model: Annotated[str, typer.Option(help="A built MoE name, or a model folder ('default' for the dense).")
+                     ] = "gemma3-moe",
+    k: Annotated[Optional[list[int]], typer.Option("--k", help="Dialled k (repeatable; default native).")] = None,
+    roe: Annotated[Optional[int], typer.Option(min=1, help="Score with a Roster of N experts.")] = None,
+    roe_tau: Annotated[float, typer.Option(min=0.0)] = 0.25,
+    roe_clean_layers: Annotated[int, typer.Option(min=0)] = 1,
+    split: Annotated[str, typer.Option(help="test | val")] = "test",
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Held-out perplexity and multiple-choice accuracy at each k (cached per setting)."""
+    from leaninfer.io.store import resolve
+    from leaninfer.moe.build import model_dir
+    from leaninfer.moe.evaluate import EvalConfig, eval_data, evaluate, load_fp32
+    from leaninfer.moe.roe import RoEConfig
+
+    logging.basicConfig(level=logging.INFO)
+    folder = model_dir(model) if model_dir(model).is_dir() and (model_dir(model) / "leaninfer.json").exists() \
+        else resolve(model)
+    engine = load_fp32(folder)
+    cfg = EvalConfig(split=split)
+    data = eval_data(engine.tokenizer.encode, cfg)
+    roe_cfg = RoEConfig(roe, roe_tau, roe_clean_layers) if roe else None
+    out = {}
+    try:
+        for kk in k or [None]:
+            r = evaluate(engine, folder, data, cfg, kk, roe_cfg)
+            out[f"k={kk or 'native'}"] = {"ppl": r["ppl"], "acc": r["acc"], "tokens": r["tokens"]}
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    _emit(out, json_out)
+
+
+def bench_moe(
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
+        "reports/moe.json"),
+    quick: Annotated[bool, typer.Option(help="Tiny build, 2 SFT steps, few passages: a smoke run.")] = False,
+) -> None:
+    """Dial k (base / PHDS / oracle-k), cross-sparsity agreement, RoE vs plain: tables and plot in reports/."""
+    from leaninfer.bench.moe import MoEBenchConfig, run_moe_bench, write_moe_report
+
+    logging.basicConfig(level=logging.INFO)
+    cfg = MoEBenchConfig.quick() if quick else MoEBenchConfig()
+    paths = write_moe_report(run_moe_bench(cfg), json_path)
+    print(paths[1].read_text())
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    app.add_typer(moe_app, name="moe")
+    bench.command("moe")(bench_moe)

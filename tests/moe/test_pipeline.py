@@ -1,0 +1,50 @@
+"""The whole MoE pipeline on a tiny random Gemma 3: build (MoEfication + distillation), PHDS and oracle SFT,
+evaluation at each k, RoE tuning, decode timing and the report with its headline keys."""
+
+import json
+
+import pytest
+
+from helpers import tiny_model_dir
+from leaninfer.bench import moe as bench
+from leaninfer.moe import build, evaluate, sft
+from leaninfer.moe.build import BuildConfig
+from leaninfer.moe.evaluate import EvalConfig, RoEGrid
+from leaninfer.moe.sft import SFTConfig
+
+TEXTS = [" ".join(f"w{3 + (i * 7 + j * 3) % 90}" for j in range(140)) for i in range(12)]
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    src = tmp_path / "dense"
+    tiny_model_dir(src, "gemma3")
+    monkeypatch.setattr(build, "train_texts", lambda: TEXTS[:8])
+    monkeypatch.setattr(sft, "train_texts", lambda: TEXTS[:8])
+    monkeypatch.setattr(evaluate, "passages", lambda split: TEXTS[8:] if split == "test" else TEXTS[6:8])
+    monkeypatch.setattr(bench, "SPEED_PROMPTS", ["w5 w6 w7"])
+    return src
+
+
+def test_pipeline_end_to_end(tiny, tmp_path):
+    cfg = bench.MoEBenchConfig(
+        build=BuildConfig(name="tiny-moe", source=str(tiny), n_experts=4, top_k=2, seq_len=16, collect_tokens=128,
+                          cluster_tokens=64, router_steps=5, fit_steps=3, train_steps=2),
+        sft=SFTConfig(base="tiny-moe", steps=3, seq_len=16, k_set=[1, 2], anchor_k=1),
+        ks=[1, 2], test=EvalConfig(ppl_len=24, ctx_len=8, cont_len=4, offsets=(0,)),
+        val=EvalConfig(split="val", ppl_len=16, ctx_len=8, cont_len=4, offsets=(0,)),
+        grid=RoEGrid(taus=[0.0, 0.5], clean_layers=[0], n=2), roe_k=1, speed_tokens=3)
+    result = bench.run_moe_bench(cfg)
+    h = result["headline"]
+    for k in ("1", "2"):
+        assert set(h[k]) == {"base_ppl", "phds_ppl", "oracle_ppl", "phds_acc", "oracle_acc", "ms_per_token"}
+    for key in ("phds_agreement", "oracle_agreement", "roe_ppl", "plain_ppl_same_k", "roe_matches_plain_k",
+                "roe_cost_ratio"):
+        assert key in h
+    tau0 = next(t for t in result["roe"]["tuning"]["trials"] if t["tau"] == 0.0)
+    assert tau0["val_ppl"] == pytest.approx(result["roe"]["tuning"]["plain_val_ppl"], rel=1e-4)  # tau 0 = plain
+    sft_meta = json.loads((build.model_dir("tiny-moe-phds") / "sft.json").read_text())
+    assert sum(sft_meta["k_draws"].values()) == 3
+    paths = bench.write_moe_report(result, tmp_path / "moe.json")
+    assert all(p.exists() for p in paths)
+    assert json.loads(paths[0].read_text())["headline"]["2"]["phds_ppl"] > 1
