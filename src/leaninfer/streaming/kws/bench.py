@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from leaninfer.bench.report import machine_info, write_json
@@ -104,24 +105,32 @@ def _quant_row(model, test, bc: BenchConfig) -> dict[str, float]:
     return row
 
 
-def run_r2_and_arch(corpus: dict, bc: BenchConfig, bar) -> tuple[dict, dict]:
-    """Clip models: RepCNN under each R^2 regulariser x seeds, unibranch x seeds, BC-ResNet, GRU."""
-    train, test = corpus["clips"]["train"], corpus["clips"]["test"]
+def clip_jobs(bc: BenchConfig) -> list[tuple[str, str, int]]:
+    """(kind, R^2 regulariser, seed) of every clip training: RepCNN x regulariser x seed, unibranch, BC-ResNet, GRU."""
+    jobs = [("repcnn", name, seed) for name in R2_LAMBDA for seed in bc.seeds]
+    jobs += [("unibranch", "none", seed) for seed in bc.seeds] + [("bcresnet", "none", s) for s in bc.bc_seeds]
+    return jobs + [("gru", "none", 0)]
+
+
+def run_clip_job(corpus: dict, bc: BenchConfig, job: tuple[str, str, int], bar) -> tuple[nn.Module, dict | None]:
+    """Train one clip model (CNNs folded); RepCNN also gets its PTQ row (accuracy per format, weight stats)."""
+    (kind, reg, seed), (train, test) = job, (corpus["clips"]["train"], corpus["clips"]["test"])
+    tc = TrainConfig(steps=bc.clip_steps, seed=seed, reg=reg, reg_lambda=R2_LAMBDA[reg])
+    model = train_clips(ModelConfig(kind=kind), tc, train, progress=bar.update)
+    model = reparameterize(model) if kind in ("repcnn", "unibranch") else model
+    return model, ({"seed": seed, **_quant_row(model, test, bc)} if kind == "repcnn" else None)
+
+
+def collect_clips(corpus: dict, results: list[tuple[tuple[str, str, int], nn.Module, dict | None]]):
+    """Per-job results -> ({"arch", "r2"}, {kind: [models]}) with RepCNN = the unregularised seeds."""
+    test = corpus["clips"]["test"]
     r2: dict[str, list[dict]] = {name: [] for name in R2_LAMBDA}
     models: dict[str, list] = {"repcnn": [], "unibranch": [], "bcresnet": [], "gru": []}
-    for name, lam in R2_LAMBDA.items():
-        for seed in bc.seeds:
-            tc = TrainConfig(steps=bc.clip_steps, seed=seed, reg=name, reg_lambda=lam)
-            model = reparameterize(train_clips(ModelConfig(kind="repcnn"), tc, train, progress=bar.update))
-            r2[name].append({"seed": seed, **_quant_row(model, test, bc)})
-            if name == "none":
-                models["repcnn"].append(model)
-    for kind, seeds in (("unibranch", bc.seeds), ("bcresnet", bc.bc_seeds), ("gru", (0,))):
-        for seed in seeds:
-            trained = train_clips(
-                ModelConfig(kind=kind), TrainConfig(steps=bc.clip_steps, seed=seed), train, progress=bar.update
-            )
-            models[kind].append(reparameterize(trained) if kind == "unibranch" else trained)
+    for (kind, reg, _), model, row in results:
+        if kind == "repcnn":
+            r2[reg].append(row)
+        if kind != "repcnn" or reg == "none":
+            models[kind].append(model)
     arch = {}
     for kind, ms in models.items():
         accs = [eval_clips(m, test) for m in ms]
@@ -133,6 +142,11 @@ def run_r2_and_arch(corpus: dict, bc: BenchConfig, bar) -> tuple[dict, dict]:
             "seeds": len(ms),
         }
     return {"arch": arch, "r2": r2}, models
+
+
+def run_r2_and_arch(corpus: dict, bc: BenchConfig, bar) -> tuple[dict, dict]:
+    """Clip models: RepCNN under each R^2 regulariser x seeds, unibranch x seeds, BC-ResNet, GRU."""
+    return collect_clips(corpus, [(job, *run_clip_job(corpus, bc, job, bar)) for job in clip_jobs(bc)])
 
 
 def window_cost(model, n_frames: int = 98, reps: int = 20) -> dict[str, float]:
@@ -304,22 +318,21 @@ def strict_json(obj):
 _FORKED: dict = {}  # the corpus, inherited by forked workers (never pickled)
 
 
-def _task(bc: BenchConfig, cell: tuple[str, str, str] | None, progress: bool):
-    """One unit of training work in a worker: the clip section (cell None) or one SAL cell."""
+def _task(bc: BenchConfig, job: tuple, progress: bool):
+    """One unit of training work in a worker: a clip job (kind, reg, seed) or a SAL cell (task, family, loss)."""
     torch.set_num_threads(1)
     corpus = _FORKED["corpus"]
-    clip_total = bc.clip_steps * (len(bc.seeds) * (1 + len(R2_LAMBDA)) + len(bc.bc_seeds) + 1)
-    total = clip_total if cell is None else bc.frame_steps * len(_cell_seeds(bc, cell[0], cell[2]))
-    name = "clips" if cell is None else "/".join(cell)
-    with tqdm(total=total, desc=name, disable=not progress, unit="step", mininterval=30) as bar:
-        return run_r2_and_arch(corpus, bc, bar) if cell is None else run_sal(corpus, bc, bar, [cell])
+    clip = job[0] in ("repcnn", "unibranch", "bcresnet", "gru")
+    total = bc.clip_steps if clip else bc.frame_steps * len(_cell_seeds(bc, job[0], job[2]))
+    with tqdm(total=total, desc="/".join(map(str, job)), disable=not progress, unit="step", mininterval=60) as bar:
+        return run_clip_job(corpus, bc, job, bar) if clip else run_sal(corpus, bc, bar, [job])
 
 
 def run_training(corpus: dict, bc: BenchConfig, progress: bool, workers: int = 1) -> tuple[dict, dict, dict]:
-    """Clip section + SAL cells -> (clip results, clip models, SAL results).
+    """Clip trainings + SAL cells -> (clip results, clip models, SAL results).
 
-    workers > 1 runs the clip section and each SAL cell as separate tasks in forked one-thread processes (the
-    same seeded trainings as the serial path, so the same numbers); timing is measured afterwards, alone.
+    workers > 1 runs every clip training and every SAL cell as a task in forked one-thread processes (the same
+    seeded trainings as the serial path, so the same numbers); timing is measured afterwards, alone.
     """
     if workers <= 1:
         with tqdm(total=_n_train_steps(bc), desc="bench kws", disable=not progress, unit="step") as bar:
@@ -327,9 +340,9 @@ def run_training(corpus: dict, bc: BenchConfig, progress: bool, workers: int = 1
             return clip_res, models, run_sal(corpus, bc, bar)
     _FORKED["corpus"] = corpus
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        clip = pool.submit(_task, bc, None, progress)
-        cells = [pool.submit(_task, bc, cell, progress) for cell in SAL_CELLS]
-        clip_res, models = clip.result()
+        cells = [pool.submit(_task, bc, cell, progress) for cell in SAL_CELLS]  # the longest tasks first
+        clips = [(job, pool.submit(_task, bc, job, progress)) for job in clip_jobs(bc)]
+        clip_res, models = collect_clips(corpus, [(job, *fut.result()) for job, fut in clips])
         sal = {k: v for fut in cells for k, v in fut.result().items()}
     _FORKED.clear()
     return clip_res, models, sal
