@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+TRIM_SLACK = 64  # sliding layers are trimmed lazily during decoding (see trim_windows)
+
 
 @dataclass(frozen=True)
 class ScoreSpec:
@@ -34,7 +36,8 @@ class ScoreSpec:
     window: int = 64
 
     def __post_init__(self) -> None:
-        if self.queries not in ("all", "last") or self.keys not in ("past", "all") or self.reduce not in ("max", "mean"):
+        bad = self.queries not in ("all", "last") or self.keys not in ("past", "all")
+        if bad or self.reduce not in ("max", "mean"):
             raise ValueError(f"bad ScoreSpec {self}")
         if self.window < 1:
             raise ValueError("window must be >= 1")
@@ -83,9 +86,11 @@ class CompressedKVCache:
                     for _ in range(n_layers)]
         self.next_position = 0  # original position of the next token
         self.scoring: ScoreSpec | None = None
+        self.transient = False  # set while scoring prompts / questions run: they do not count as context
         self.scores: dict[int, list[torch.Tensor]] = {}
-        self.peak_bytes = 0
-        self.peak_tokens = [0] * n_layers  # max entries of one head, outside scoring forwards
+        self.peak_bytes = 0  # everything held, transient scoring prompts / questions included
+        self.peak_context_bytes = 0  # context entries only (the paper's "peak cache": budget + block)
+        self.peak_tokens = [0] * n_layers  # max entries of one head, outside transient forwards
         self._q_pos: torch.Tensor | None = None
         self._n_past: list[list[int]] = []
 
@@ -111,8 +116,10 @@ class CompressedKVCache:
         return sum(t.nbytes for rows in (self.k, self.v, self.pos) for row in rows for t in row)
 
     def _track(self) -> None:
-        self.peak_bytes = max(self.peak_bytes, self.nbytes())
-        if self.scoring is None:
+        held = self.nbytes()
+        self.peak_bytes = max(self.peak_bytes, held)
+        if not self.transient:
+            self.peak_context_bytes = max(self.peak_context_bytes, held)
             for layer in range(self.n_layers):
                 self.peak_tokens[layer] = max(self.peak_tokens[layer], max(self.lengths(layer)))
 
@@ -120,8 +127,9 @@ class CompressedKVCache:
     def begin(self, positions: torch.Tensor) -> None:
         """Start a forward over new tokens at `positions` (1, T): trim sliding layers, remember past sizes."""
         if positions.dim() != 2 or positions.shape[0] != 1:
-            raise ValueError(f"CompressedKVCache holds one sequence; positions must be (1, T), got {tuple(positions.shape)}")
-        self.trim_windows(int(positions.min()))
+            raise ValueError(f"a compressed cache holds one sequence; positions must be (1, T), "
+                             f"got {tuple(positions.shape)}")
+        self.trim_windows(int(positions.min()), slack=TRIM_SLACK)
         self._q_pos = positions[0].to(self.device)
         self._n_past = [self.lengths(layer) for layer in range(self.n_layers)]
 
@@ -148,24 +156,27 @@ class CompressedKVCache:
                                                spec.reduce))
         if spec is not None:
             self.scores[layer] = scores
-        self._track()
         return torch.cat(outs, 0)[None]  # (1, H, T, D): query head h*G + g belongs to KV head h
 
     def end(self) -> None:
+        """Finish a forward: entries only grew during it, so this is when the held size peaks."""
+        self._track()
         if self._q_pos is not None and self._q_pos.numel():
             self.next_position = max(self.next_position, int(self._q_pos.max()) + 1)
         self._q_pos = None
 
     # --- eviction ------------------------------------------------------------------------------------
-    def trim_windows(self, next_pos: int | None = None) -> None:
-        """Drop sliding-layer keys no query at position >= next_pos can see (lossless)."""
+    def trim_windows(self, next_pos: int | None = None, slack: int = 0) -> None:
+        """Drop sliding-layer keys no query at position >= next_pos can see (lossless). With `slack`, only trim
+        once more than `slack` such keys have piled up (decoding then copies a layer every `slack` tokens, not
+        every token; the attention mask hides them meanwhile)."""
         nxt = self.next_position if next_pos is None else next_pos
         for layer, w in enumerate(self.windows):
             if w is None:
                 continue
             for h in range(self.n_heads):
                 p = self.pos[layer][h]
-                if p.numel() and int(p.min()) <= nxt - w:
+                if p.numel() and int(p.min()) <= nxt - w - slack:
                     self.keep(layer, h, torch.nonzero(p > nxt - w).flatten())
 
     def keep(self, layer: int, head: int, idx: torch.Tensor) -> None:
