@@ -41,3 +41,15 @@ def test_bench_kv_tiny_end_to_end(tmp_path):
     assert res["targets"] and len(res["sensitivity"]) == 3
     paths = write_kv_report(res, tmp_path / "kv.json")
     assert all(p.exists() for p in paths) and "Fidelity F1" in paths[1].read_text()
+
+
+def test_cli_registered_and_rejects_bad_method():
+    from typer.testing import CliRunner
+
+    from leaninfer.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["bench", "kv", "--help"]).exit_code == 0
+    assert runner.invoke(app, ["kv", "ask", "--help"]).exit_code == 0
+    res = runner.invoke(app, ["bench", "kv", "--methods", "nope", "--json", "/tmp/never.json"])
+    assert res.exit_code != 0 and "unknown methods" in str(res.exception)
