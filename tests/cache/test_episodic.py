@@ -95,3 +95,24 @@ def test_chat_session_memory_stays_bounded(tmp_path):
     assert session.position > 200
     ans = session.ask("w7 w8 w9")
     assert 0 <= ans["episode"] < len(session.episodes) and isinstance(ans["answer"], str)
+
+
+def test_chat_session_load_history_builds_episode_caches(tmp_path):
+    import leaninfer
+    from leaninfer.cache.session import ChatSession, SessionConfig
+    from leaninfer.eval.locomo import Conversation, Session
+
+    hf = hf_model("gemma3", max_position_embeddings=4096)
+    hf.save_pretrained(tmp_path)
+    words = write_word_tokenizer(tmp_path)
+    engine = leaninfer.load(tmp_path, precision="fp32")
+    rng = np.random.default_rng(1)
+    utts = [f'w5 said, "{" ".join(words[int(i)] for i in rng.integers(3, 96, size=6))}"\n' for _ in range(24)]
+    conv = Conversation("c", ("w5", "w6"), [Session("w9", utts[:12]), Session("w10", utts[12:])])
+    session = ChatSession(engine, SessionConfig(ratio=4.0, block=16, n_episodes=2), embedder=BagEmbedder())
+    session.load_history(conv)
+    assert len(session.episodes) == 2 and session.budgets[1] < session.position
+    for ep in session.episodes:
+        assert max(ep.cache.lengths(1)) <= session.budgets[1]
+        assert ep.cache.next_position == session.position
+    assert session.ask("w7")["episode"] in (0, 1)
