@@ -58,7 +58,7 @@ class KVBenchConfig:
     workers: int = 1  # conversations run in parallel processes
     max_new_tokens: int = 24
     epi: EpiConfig = field(default_factory=EpiConfig)
-    calibration_tokens: int = 4096  # key-sensitivity input: the last conversation of the file (held out)
+    calibration_tokens: int = 1024  # key-sensitivity input: the last conversation of the file (held out)
     trace_ratio: float = 4.0  # the ratio whose memory-over-prefill traces are kept
 
     def __post_init__(self) -> None:
