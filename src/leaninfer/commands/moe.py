@@ -26,7 +26,7 @@ def moe_build(
     name: Annotated[str, typer.Option(help="Name of the MoE in the user cache.")] = "gemma3-moe",
     experts: Annotated[int, typer.Option(min=2, help="Experts per layer.")] = 16,
     k: Annotated[int, typer.Option(min=1, help="Native experts per token.")] = 8,
-    train_steps: Annotated[int, typer.Option(min=1)] = 40,
+    train_steps: Annotated[int, typer.Option(min=1)] = 20,
     max_minutes: Annotated[float, typer.Option(min=1.0)] = 60.0,
     quick: Annotated[bool, typer.Option(help="A tiny smoke build (minutes).")] = False,
     force: Annotated[bool, typer.Option(help="Rebuild even when a finished build exists.")] = False,

@@ -47,7 +47,7 @@ class BuildConfig:
     cluster_tokens: int = 1024
     router_steps: int = 150
     fit_steps: int = 60
-    train_steps: int = 40
+    train_steps: int = 20
     lr: float = 5e-5
     router_lr: float = 5e-4
     max_minutes: float = 60.0
