@@ -37,11 +37,11 @@ class EvalData:
 @dataclass
 class EvalConfig:
     split: str = "test"
-    ppl_len: int = 192
+    ppl_len: int = 128
     ctx_len: int = 64
     cont_len: int = 16
     n_choices: int = 4
-    offsets: tuple[int, ...] = (0, 128)
+    offsets: tuple[int, ...] = (0,)
     max_passages: int | None = None
     seed: int = 0
 
