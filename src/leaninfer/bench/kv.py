@@ -314,7 +314,7 @@ def write_kv_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
     json_path = Path(json_path)
     write_json(json_path, result)
     cfg, summary, head = result["config"], result["summary"], result["headline"]
-    ratios = [_key(r) for r in cfg["ratios"]]
+    ratios = [_key(r) for r in sorted(cfg["ratios"])]
     methods = cfg["methods"]
     table = lambda key, digits=3: markdown_table(  # noqa: E731
         ["method"] + [f"{r}x" for r in ratios], [[m] + [summary[m][r][key] for r in ratios] for m in methods], digits)
