@@ -43,6 +43,20 @@ class Engine:
                 eos.add(eot)
         self.eos_ids = eos
 
+    def draft(self, kind: str):
+        """The trained draft of `kind` ("eagle", "medusa", "hydra") for this target, from the user cache
+        (`leaninfer draft train --kind KIND` builds it)."""
+        from leaninfer.io.drafts import DraftNotFoundError, draft_dir, load_draft
+
+        cache = self.__dict__.setdefault("_drafts", {})
+        if kind not in cache:
+            folder = draft_dir(self.source, kind)
+            try:
+                cache[kind] = load_draft(folder, self.device)[1]
+            except DraftNotFoundError as e:
+                raise DraftNotFoundError(f"{e}: train it with `leaninfer draft train --kind {kind}`") from None
+        return cache[kind]
+
     @property
     def cfg(self) -> ModelConfig:
         return self.model.cfg

@@ -61,9 +61,28 @@ def test_row_invariant_attention_matches_sdpa_and_is_row_invariant():
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25, enable_gqa=True)
     got = row_invariant_attention(q, k, v, mask, 0.25)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    for t in range(5):  # one query alone gives bit-identical results to the same query in a block
-        one = row_invariant_attention(q[:, :, t : t + 1], k, v, mask[:, :, t : t + 1], 0.25)
-        assert torch.equal(one[:, :, 0], got[:, :, t])
+    causal = torch.ones(5, 9, dtype=torch.bool).tril(4)[None, None].expand(2, 1, 5, 9)
+    chain = row_invariant_attention(q, k, v, causal, 0.25)
+    for t in range(5):  # a chain query alone gives bit-identical results to the same query in a block
+        one = row_invariant_attention(q[:, :, t : t + 1], k[:, :, : 5 + t], v[:, :, : 5 + t], None, 0.25)
+        assert torch.equal(one[:, :, 0], chain[:, :, t])
+
+
+def test_row_invariant_tree_node_matches_plain_decoding_of_its_path():
+    from leaninfer.generate.tree import TokenTree
+    from leaninfer.models.attention import row_invariant_attention
+
+    torch.manual_seed(0)
+    tree = TokenTree(torch.arange(7), torch.tensor([-1, 0, 0, 1, 1, 2, 3]))
+    ctx, n = 11, tree.size
+    q, k, v = torch.randn(1, 4, n, 32), torch.randn(1, 2, ctx + n, 32), torch.randn(1, 2, ctx + n, 32)
+    mask = torch.cat([torch.ones(n, ctx, dtype=torch.bool), tree.mask()], 1)[None, None]
+    got = row_invariant_attention(q, k, v, mask, 0.2)
+    for i in range(n):  # plain decoding of node i sees the context and its path, in order, nothing else
+        path = [j for j in range(n) if tree.mask()[i, j]]
+        idx = torch.tensor(list(range(ctx)) + [ctx + j for j in path])
+        one = row_invariant_attention(q[:, :, i : i + 1], k[:, :, idx], v[:, :, idx], None, 0.2)
+        assert torch.equal(one[:, :, 0], got[:, :, i])
 
 
 def test_int8_speculation_is_exact(tmp_path):
@@ -75,3 +94,15 @@ def test_int8_speculation_is_exact(tmp_path):
     prompt = [1, 5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]
     plain = engine.generate(prompt, max_new_tokens=24, eos=False).token_ids
     assert engine.generate(prompt, max_new_tokens=24, eos=False, method="ngram").token_ids == plain
+
+
+def test_int8_tree_speculation_is_exact(tmp_path):
+    import leaninfer
+    from helpers import tiny_model_dir
+
+    tiny_model_dir(tmp_path, "gemma3")
+    engine = leaninfer.load(tmp_path, precision="int8")
+    for prompt in ([1, 5, 6, 7, 8, 5, 6, 9, 5, 6, 7, 5, 6], [2, 3, 4, 2, 3, 5, 2, 3, 6, 2, 3]):
+        plain = engine.generate(prompt, max_new_tokens=24, eos=False).token_ids
+        tree = engine.generate(prompt, max_new_tokens=24, eos=False, method="ngram_tree", branches=3)
+        assert tree.token_ids == plain

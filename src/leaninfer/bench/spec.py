@@ -22,7 +22,8 @@ class SpecBenchConfig:
     model: str = "default"
     precision: str | None = None
     questions: Path | None = None
-    methods: list[str] = field(default_factory=lambda: ["ngram", "ngram_tree"])
+    # "name" or "label=name:key=value,key=value" (e.g. "eagle8=eagle:max_nodes=8,depth=6")
+    methods: list[str] = field(default_factory=lambda: ["ngram", "ngram_tree", "eagle", "medusa", "hydra"])
     per_category: int | None = 3
     max_new_tokens: int = 96
     repeats: int = 1
@@ -32,29 +33,89 @@ class SpecBenchConfig:
         return cls(per_category=1, max_new_tokens=32, **kw)
 
 
+def parse_method(spec: str) -> tuple[str, str, dict]:
+    """"label=name:key=value,..." -> (label, method name, options); values parsed as int/float/bool."""
+    head, _, opts = spec.partition(":")
+    label, _, name = head.rpartition("=")
+    options = {}
+    for kv in filter(None, opts.split(",")):
+        k, _, v = kv.partition("=")
+        options[k] = {"true": True, "false": False}.get(v.lower(), _number(v))
+    return label or (name if not options else spec), name, options
+
+
+def _number(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def available(engine, methods: list[tuple[str, str, dict]]) -> tuple[list, dict[str, str]]:
+    """Methods whose drafts exist; the others with the reason they were skipped."""
+    from leaninfer.io.drafts import DraftNotFoundError
+
+    keep, skipped = [], {}
+    for label, name, opts in methods:
+        if name in ("eagle", "medusa", "hydra") and "draft" not in opts:
+            try:
+                engine.draft(name)
+            except DraftNotFoundError as e:
+                skipped[label] = str(e)
+                continue
+        keep.append((label, name, opts))
+    return keep, skipped
+
+
+TIMERS = ("draft_s", "verify_s", "other_s")
+
+
 def run_spec_bench(cfg: SpecBenchConfig) -> dict:
     import leaninfer
 
     engine = leaninfer.load(cfg.model, precision=cfg.precision)
     questions = load_questions(cfg.questions, per_category=cfg.per_category)
-    methods = ["ar"] + [m for m in cfg.methods if m != "ar"]
-    engine.generate(format_prompt(questions[0]), max_new_tokens=4)  # warm-up
+    methods, skipped = available(engine, [parse_method(m) for m in cfg.methods if m != "ar"])
+    methods = [("ar", "ar", {})] + methods
+    for label, name, opts in methods:  # warm-up (and load every draft) before timing anything
+        engine.generate(format_prompt(questions[0]), max_new_tokens=4, method=name, **opts)
     per: dict[str, list[dict]] = defaultdict(list)
     for q in tqdm(questions, desc="spec-bench"):
         prompt = format_prompt(q)
         ref_tokens = None
-        for m in methods:
-            runs = [engine.generate(prompt, max_new_tokens=cfg.max_new_tokens, method=m) for _ in range(cfg.repeats)]
+        for label, name, opts in methods:
+            runs = [engine.generate(prompt, max_new_tokens=cfg.max_new_tokens, method=name, **opts)
+                    for _ in range(cfg.repeats)]
             out = runs[0]
-            ref_tokens = out.token_ids if m == "ar" else ref_tokens
-            per[m].append({
+            ref_tokens = out.token_ids if name == "ar" else ref_tokens
+            per[label].append({
                 "question_id": q.question_id, "category": q.category, "new_tokens": len(out.token_ids),
                 "seconds": median([r.stats["e2e_s"] for r in runs]), "forwards": out.stats["target_forwards"],
-                "identical": out.token_ids == ref_tokens,
+                "ttft_s": out.stats["ttft_s"], "identical": out.token_ids == ref_tokens,
+                **{t: out.stats[t] for t in TIMERS if t in out.stats},
             })
     return {"benchmark": "spec", "config": {**asdict(cfg), "questions": str(cfg.questions or "default")},
             "machine": machine_info(), "precision": engine.precision, "per_question": dict(per),
-            **_summarise(per)}
+            "skipped": skipped, "methods": {label: {"method": n, "options": o} for label, n, o in methods},
+            **_summarise(per), "step_time": _step_time(per)}
+
+
+def _step_time(per: dict[str, list[dict]]) -> dict:
+    """Per method: mean ms per decode step spent drafting, in the target's verification forward, and in
+    bookkeeping (acceptance, cache compaction, feeding features back)."""
+    out = {}
+    for m, rows in per.items():
+        if m == "ar" or not all(t in rows[0] for t in TIMERS):
+            continue
+        steps = sum(max(r["forwards"] - 1, 1) for r in rows)
+        out[m] = {t.replace("_s", "_ms"): 1000 * sum(r[t] for r in rows) / steps for t in TIMERS}
+    ar = per.get("ar")
+    if ar:
+        steps = sum(max(r["forwards"] - 1, 1) for r in ar)
+        out["ar"] = {"step_ms": 1000 * sum(r["seconds"] - r["ttft_s"] for r in ar) / steps}
+    return out
 
 
 def _summarise(per: dict[str, list[dict]]) -> dict:
@@ -78,6 +139,16 @@ def _summarise(per: dict[str, list[dict]]) -> dict:
     return {"categories": cats, "table": table, "headline": headline}
 
 
+def _step_table(result: dict) -> str:
+    st = result.get("step_time", {})
+    plain = st.get("ar", {}).get("step_ms")
+    rows = [[m, v["draft_ms"], v["verify_ms"], v["other_ms"], v["draft_ms"] + v["verify_ms"] + v["other_ms"]]
+            for m, v in st.items() if m != "ar"]
+    note = (f"\n\nPlain decoding: {plain:.1f} ms per step." if plain else "")
+    skipped = "".join(f"\n\nSkipped {m}: {why}" for m, why in result.get("skipped", {}).items())
+    return markdown_table(["method", "draft", "verify (target forward)", "bookkeeping", "total"], rows) + note + skipped
+
+
 def write_spec_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
     json_path = write_json(json_path, result)
     table, cats = result["table"], result["categories"]
@@ -90,6 +161,7 @@ def write_spec_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
     c = result["config"]
     md = write_markdown(json_path.with_suffix(".md"), "Spec-Bench: speculative decoding on the default model", [
         ("Overall", overall), ("Per category (speedup / τ)", by_cat),
+        ("Where a decode step's time goes (ms per target forward)", _step_table(result)),
         ("Method", f"First turn of {c['per_category'] or 'every'} question(s) per category, greedy, "
                    f"{c['max_new_tokens']} new tokens max, precision {result['precision']}, all methods in one run "
                    "on the same machine; τ = new tokens per target forward after prefill (plain = 1.00)."),

@@ -7,8 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-draft_app = typer.Typer(help="Draft models for speculative decoding: data (training to come).",
+draft_app = typer.Typer(help="Draft models for speculative decoding: build the data, train, inspect.",
                         no_args_is_help=True)
+
+DEFAULT_FEATURES = [2, 9, 15, 18]  # EAGLE's low/middle/high layers and the last (Medusa/Hydra) of an 18-layer target
+
+
+def _data_dir(engine, n_prompts: int, new_tokens: int, derived: bool) -> Path:
+    from leaninfer.paths import cache_dir
+
+    name = f"{Path(engine.source).name}-{engine.precision}-n{n_prompts}-t{new_tokens}{'-d' if derived else ''}"
+    return cache_dir("distill", name)
 
 
 @draft_app.command("data")
@@ -19,16 +28,71 @@ def draft_data(
     feature_layers: Annotated[Optional[list[int]], typer.Option(help="Layer outputs to store (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: user cache).")] = None,
     precision: Annotated[Optional[str], typer.Option()] = None,
+    derived: Annotated[bool, typer.Option(help="Add stage-2 prompts built from the stage-1 outputs.")] = True,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    worker: Annotated[int, typer.Option(min=0, help="Run as worker W of --n-workers processes.")] = 0,
+    n_workers: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
     """Target continuations of the project's own prompts (+ hidden states), sharded and resumable."""
     import leaninfer
-    from leaninfer.paths import cache_dir
     from leaninfer.train.distill import DistillConfig, build_distill_set
 
     engine = leaninfer.load(target, precision=precision)
-    cfg = DistillConfig(n_prompts=n_prompts, new_tokens=new_tokens, feature_layers=feature_layers or [])
-    folder = out or cache_dir("distill", f"{Path(engine.source).name}-{engine.precision}-n{n_prompts}-t{new_tokens}")
+    cfg = DistillConfig(n_prompts=n_prompts, new_tokens=new_tokens, feature_layers=feature_layers or [],
+                        derived=derived, batch_size=batch_size, worker=worker,
+                        n_workers=n_workers)
+    folder = out or _data_dir(engine, n_prompts, new_tokens, derived)
     print(build_distill_set(engine, folder, cfg))
+
+
+@draft_app.command("train")
+def draft_train(
+    kind: Annotated[str, typer.Option(help="eagle | medusa | hydra")] = "eagle",
+    target: Annotated[str, typer.Option(help="'default', a GGUF file or a model folder.")] = "default",
+    data: Annotated[Optional[Path], typer.Option(help="Distillation set (default: the one `draft data` "
+                                                 "builds with its defaults, built first if missing).")] = None,
+    minutes: Annotated[float, typer.Option(min=0.1, help="Wall-clock training budget.")] = 30.0,
+    max_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    batch_tokens: Annotated[int, typer.Option(min=64)] = 4096,
+    draft_vocab: Annotated[int, typer.Option(min=16)] = 16384,
+    ttt_steps: Annotated[int, typer.Option(min=1)] = 3,
+    n_heads: Annotated[int, typer.Option(min=1)] = 4,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the user cache, where "
+                                                "`leaninfer.load(...).draft(kind)` finds it).")] = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint instead of resuming.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the training summary here.")] = None,
+) -> None:
+    """Train a draft on the target's self-distillation set, resumable, with a curve of offline τ."""
+    import json
+
+    import leaninfer
+    from leaninfer.io.drafts import draft_dir
+    from leaninfer.train.distill import DistillConfig, build_distill_set
+    from leaninfer.train.drafts import DraftTrainConfig, DraftTrainer
+
+    engine = leaninfer.load(target)
+    cfg = DraftTrainConfig(kind=kind, minutes=minutes, max_steps=max_steps, lr=lr, batch_tokens=batch_tokens,
+                           draft_vocab=draft_vocab, ttt_steps=ttt_steps, n_heads=n_heads)
+    if data is None:
+        data = _data_dir(engine, 480, 128, True)
+        if not (data / "config.json").exists():
+            build_distill_set(engine, data, DistillConfig(n_prompts=480, new_tokens=128, derived=True,
+                                                          feature_layers=DEFAULT_FEATURES))
+    folder = out or draft_dir(engine.source, kind)
+    if fresh and (folder / "checkpoint.pt").exists():
+        (folder / "checkpoint.pt").unlink()
+    trainer = DraftTrainer(engine.model, data, folder, cfg)
+    resumed = trainer.resume()
+    info = trainer.run()
+    last = info["curve"][-1]
+    summary = {"kind": kind, "folder": str(folder), "resumed": resumed, "steps": info["steps"],
+               "train_tokens": info["train_tokens"], "train_seconds": info["train_seconds"],
+               "draft_vocab_coverage": info["draft_vocab_coverage"], "chain_tau": last["chain_tau"],
+               "acc_by_depth": last["acc_by_depth"]}
+    if json_out:
+        json_out.write_text(json.dumps({**summary, "curve": info["curve"]}, indent=2))
+    print(json.dumps(summary, indent=2))
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

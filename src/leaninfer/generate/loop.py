@@ -91,3 +91,34 @@ class TextStream:
     def finish(self) -> str:
         self._emit()
         return self.text
+
+
+def greedy_batch(model: Decoder, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int]) -> list[list[int]]:
+    """Greedy continuations of several prompts in one left-padded batch (for building training data).
+
+    Rows stop at EOS (kept) or `max_new_tokens`; finished rows keep decoding padding that is dropped."""
+    device = model.embed.weight.device
+    B, L = len(prompts), max(len(p) for p in prompts)
+    tokens = torch.zeros(B, L, dtype=torch.long, device=device)
+    positions = torch.full((B, L), -1, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        tokens[i, L - len(p) :] = torch.tensor(p, device=device)
+        positions[i, L - len(p) :] = torch.arange(len(p), device=device)
+    cache = model.new_cache(B, L + max_new_tokens)
+    out = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    eos = torch.tensor(sorted(eos_ids) or [-1], device=device)
+    with torch.inference_mode():
+        logits = model(tokens, positions=positions, cache=cache, last_only=True).logits[:, -1]  # (B, V)
+        nxt_pos = positions[:, -1:] + 1  # (B, 1)
+        for step in range(max_new_tokens):
+            tok = logits.argmax(-1)  # (B,)
+            for i in range(B):
+                if not done[i]:
+                    out[i].append(int(tok[i]))
+            done |= torch.isin(tok, eos)
+            if bool(done.all()) or step + 1 == max_new_tokens:
+                break
+            logits = model(tok[:, None], positions=nxt_pos, cache=cache).logits[:, -1]
+            nxt_pos = nxt_pos + 1
+    return out

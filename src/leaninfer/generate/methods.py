@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from leaninfer.generate.loop import decode_ar
 from leaninfer.generate.proposers.draft_lm import DraftLMProposer
+from leaninfer.generate.proposers.eagle import EagleProposer
+from leaninfer.generate.proposers.hydra import HydraProposer
+from leaninfer.generate.proposers.medusa import MedusaProposer
 from leaninfer.generate.proposers.ngram import NgramProposer
 from leaninfer.generate.proposers.ngram_tree import NgramTreeProposer
-from leaninfer.generate.speculative import decode_speculative, decode_tree
+from leaninfer.generate.speculative import decode_feature_tree, decode_speculative, decode_tree
 
 
 def _ar(engine, prompt, max_new_tokens, sampling, eos_ids, on_token):
@@ -39,4 +42,30 @@ def _sd(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None,
     return decode_speculative(engine.model, proposer, prompt, max_new_tokens, sampling, eos_ids, on_token, k=k)
 
 
-METHODS = {"ar": _ar, "ngram": _ngram, "ngram_tree": _ngram_tree, "sd": _sd}
+def _eagle(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None, depth: int = 5,
+           max_nodes: int = 4, top_k: int = 4):
+    """EAGLE-3-style feature draft with a dynamic tree of at most `max_nodes` tokens (root included)."""
+    draft = draft if draft is not None else engine.draft("eagle")
+    proposer = EagleProposer(draft, engine.model.embed_tokens, len(prompt) + max_new_tokens + max_nodes + 8, top_k)
+    return decode_feature_tree(engine.model, proposer, prompt, max_new_tokens, sampling, eos_ids, on_token,
+                               depth=depth, max_nodes=max_nodes)
+
+
+def _medusa(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None, depth: int = 4,
+            max_nodes: int = 4, top_k: int = 3, typical: bool = False, eps: float = 0.09, delta: float = 0.3):
+    """Medusa heads; `typical=True` uses typical acceptance (lossy, outputs may differ from plain decoding)."""
+    heads = draft if draft is not None else engine.draft("medusa")
+    return decode_feature_tree(engine.model, MedusaProposer(heads, top_k), prompt, max_new_tokens, sampling,
+                               eos_ids, on_token, depth=depth, max_nodes=max_nodes,
+                               typical=(eps, delta) if typical else None)
+
+
+def _hydra(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None, depth: int = 4,
+           max_nodes: int = 4, top_k: int = 3):
+    heads = draft if draft is not None else engine.draft("hydra")
+    return decode_feature_tree(engine.model, HydraProposer(heads, engine.model.embed_tokens, top_k), prompt,
+                               max_new_tokens, sampling, eos_ids, on_token, depth=depth, max_nodes=max_nodes)
+
+
+METHODS = {"ar": _ar, "ngram": _ngram, "ngram_tree": _ngram_tree, "sd": _sd, "eagle": _eagle, "medusa": _medusa,
+           "hydra": _hydra}

@@ -12,7 +12,7 @@ from leaninfer.cache.kv import KVCache
 from leaninfer.generate.loop import DecodeOut
 from leaninfer.generate.proposers.base import Proposer
 from leaninfer.generate.sampling import SamplingConfig, logits_to_probs, make_generator, next_token
-from leaninfer.generate.tree import verify_tree_greedy, verify_tree_sampling
+from leaninfer.generate.tree import verify_tree_greedy, verify_tree_sampling, verify_tree_typical
 from leaninfer.generate.verify import verify_greedy, verify_sampling
 from leaninfer.models.transformer import Decoder
 
@@ -29,9 +29,13 @@ def speculate(
     on_token: Callable[[int], bool] | None,
     step: Step,
     extra_slots: int,
+    prefill_taps: tuple[int, ...] = (),
+    on_prefill: Callable | None = None,
+    timing: dict[str, float] | None = None,
 ) -> DecodeOut:
     """Prefill, then call `step` until EOS, a stop string or `max_new_tokens`. `context` passed to step is the
-    prompt plus every emitted token except the pending one (the first token not yet in the target cache)."""
+    prompt plus every emitted token except the pending one (the first token not yet in the target cache).
+    `on_prefill(out, first_token)` receives the prefill's `ForwardOut` (with `prefill_taps` hidden states)."""
     device = model.embed.weight.device
     gen = make_generator(sampling.seed, device)
     cache = model.new_cache(1, len(prompt) + max_new_tokens + extra_slots)
@@ -39,8 +43,10 @@ def speculate(
     out: list[int] = []
     proposed = accepted = 0
     with torch.inference_mode():
-        logits = model(torch.tensor([prompt], device=device), cache=cache, last_only=True).logits[0, -1]
-        emitted = [int(next_token(logits, sampling, gen))]
+        pre = model(torch.tensor([prompt], device=device), cache=cache, last_only=True, taps=prefill_taps)
+        emitted = [int(next_token(pre.logits[0, -1], sampling, gen))]
+        if on_prefill is not None:
+            on_prefill(pre, emitted[0])
         ttft = time.perf_counter() - t0
         forwards = 1
         while not (reason := _emit(emitted, out, eos_ids, on_token, max_new_tokens)):
@@ -49,7 +55,7 @@ def speculate(
             proposed += n_prop
             accepted += n_acc
     stats = {"draft_tokens_proposed": proposed, "draft_tokens_accepted": accepted,
-             "acceptance_rate": accepted / proposed if proposed else 0.0}
+             "acceptance_rate": accepted / proposed if proposed else 0.0, **(timing or {})}
     return DecodeOut(out, forwards, ttft, reason, stats)
 
 
@@ -66,12 +72,16 @@ def decode_speculative(
     """Chain drafts: each step feeds [pending, d_1..d_k] to the target, keeps the verified prefix and rolls
     back the rest of the cache."""
     proposer.begin(prompt)
+    timing = {"draft_s": 0.0, "verify_s": 0.0, "other_s": 0.0}
 
     def step(cache, context, pending, budget, gen):
+        t0 = time.perf_counter()
         draft = proposer.propose(context + [pending], min(k, budget))
+        t1 = time.perf_counter()
         d = draft.tokens.to(cache.pos.device)
         block = torch.cat([torch.tensor([pending], device=d.device), d])[None]
         logits = model(block, cache=cache).logits[0]  # (n_draft + 1, V)
+        t2 = time.perf_counter()
         if sampling.greedy:
             n, nxt = verify_greedy(logits, d)
         else:
@@ -79,9 +89,12 @@ def decode_speculative(
         cache.rollback(d.numel() - n)
         emitted = d[:n].tolist() + [nxt]
         proposer.accept(emitted, n)
+        timing["draft_s"] += t1 - t0
+        timing["verify_s"] += t2 - t1
+        timing["other_s"] += time.perf_counter() - t2
         return emitted, d.numel(), n
 
-    return speculate(model, prompt, max_new_tokens, sampling, eos_ids, on_token, step, k + 1)
+    return speculate(model, prompt, max_new_tokens, sampling, eos_ids, on_token, step, k + 1, timing=timing)
 
 
 def decode_tree(
@@ -99,9 +112,12 @@ def decode_tree(
     (tree mask, positions by depth), keeps the verified path in the KV cache and drops the other branches.
     `proposer.propose_tree(context, root, depth) -> TokenTree` with deterministic draft tokens."""
     proposer.begin(prompt)
+    timing = {"draft_s": 0.0, "verify_s": 0.0, "other_s": 0.0}
 
     def step(cache, context, pending, budget, gen):
+        t0 = time.perf_counter()
         tree = proposer.propose_tree(context, pending, min(depth, budget))
+        t1 = time.perf_counter()
         if tree.size > max_nodes:
             raise ValueError(f"the drafter proposed {tree.size} nodes, more than max_nodes={max_nodes}")
         device = cache.pos.device
@@ -109,6 +125,7 @@ def decode_tree(
         pos = (int(cache.pos[0, start - 1]) + 1 + tree.depths()).to(device)[None]
         logits = model(tree.tokens.to(device)[None], positions=pos, cache=cache,
                        block_mask=tree.mask().to(device)).logits[0]  # (N, V)
+        t2 = time.perf_counter()
         if sampling.greedy:
             path, nxt = verify_tree_greedy(tree, logits)
         else:
@@ -116,9 +133,71 @@ def decode_tree(
         cache.keep(start, torch.tensor([start] + [start + i for i in path]))
         emitted = [int(tree.tokens[i]) for i in path] + [nxt]
         proposer.accept(emitted, len(path))
+        timing["draft_s"] += t1 - t0
+        timing["verify_s"] += t2 - t1
+        timing["other_s"] += time.perf_counter() - t2
         return emitted, tree.size - 1, len(path)
 
-    return speculate(model, prompt, max_new_tokens, sampling, eos_ids, on_token, step, max_nodes)
+    return speculate(model, prompt, max_new_tokens, sampling, eos_ids, on_token, step, max_nodes, timing=timing)
+
+
+def decode_feature_tree(
+    model: Decoder,
+    proposer,
+    prompt: list[int],
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    eos_ids: set[int],
+    on_token: Callable[[int], bool] | None = None,
+    depth: int = 4,
+    max_nodes: int = 8,
+    typical: tuple[float, float] | None = None,
+) -> DecodeOut:
+    """Tree speculation for drafters that read the target's hidden states (EAGLE, Medusa, Hydra).
+
+    The proposer declares `taps` (target layer counts whose outputs it reads) and receives them through
+    `observe(features (n, len(taps) * dim), next_tokens)` after prefill and after every verification, for the
+    root and the accepted nodes. `typical=(eps, delta)` switches greedy verification to Medusa's typical
+    acceptance (lossy)."""
+    taps = proposer.taps
+    proposer.begin(prompt)
+
+    def features(out, rows) -> torch.Tensor:
+        return torch.cat([out.taps[n][0, rows] for n in taps], dim=-1)  # (n, len(taps) * dim)
+
+    def on_prefill(out, first):
+        proposer.observe(features(out, slice(None)), prompt[1:] + [first])
+
+    timing = {"draft_s": 0.0, "verify_s": 0.0, "other_s": 0.0}  # where the decode steps' time goes
+
+    def step(cache, context, pending, budget, gen):
+        t0 = time.perf_counter()
+        tree = proposer.propose_tree(min(depth, budget), max_nodes)
+        t1 = time.perf_counter()
+        device = cache.pos.device
+        start = cache.length
+        pos = (int(cache.pos[0, start - 1]) + 1 + tree.depths()).to(device)[None]
+        out = model(tree.tokens.to(device)[None], positions=pos, cache=cache, block_mask=tree.mask().to(device),
+                    taps=taps)
+        logits = out.logits[0]  # (N, V)
+        t2 = time.perf_counter()
+        if typical is not None:
+            path, nxt = verify_tree_typical(tree, logits, *typical)
+        elif sampling.greedy:
+            path, nxt = verify_tree_greedy(tree, logits)
+        else:
+            path, nxt = verify_tree_sampling(tree, logits_to_probs(logits, sampling), gen)
+        cache.keep(start, torch.tensor([start] + [start + i for i in path]))
+        emitted = [int(tree.tokens[i]) for i in path] + [nxt]
+        proposer.observe(features(out, [0] + path), emitted)
+        t3 = time.perf_counter()
+        timing["draft_s"] += t1 - t0
+        timing["verify_s"] += t2 - t1
+        timing["other_s"] += t3 - t2
+        return emitted, tree.size - 1, len(path)
+
+    return speculate(model, prompt, max_new_tokens, sampling, eos_ids, on_token, step, max_nodes,
+                     prefill_taps=taps, on_prefill=on_prefill, timing=timing)
 
 
 def _emit(emitted, out, eos_ids, on_token, max_new_tokens) -> str | None:

@@ -105,3 +105,23 @@ def verify_tree_sampling(
             return path, int(torch.multinomial(p / p.sum(), 1, generator=generator))
         path.append(chosen)
         cur = chosen
+
+
+def verify_tree_typical(tree: TokenTree, target_logits: torch.Tensor, eps: float = 0.09,
+                        delta: float = 0.3) -> tuple[list[int], int]:
+    """Medusa's typical acceptance (LOSSY): a child is acceptable when the target gives its token probability
+    above min(eps, delta * exp(-entropy)); follow the most probable acceptable child. The token after the
+    path is the target's argmax. Outputs can differ from plain decoding; use for speed, not exactness."""
+    probs = torch.softmax(target_logits.float(), dim=-1)  # (N, V)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-20))).sum(-1)
+    threshold = torch.minimum(torch.full_like(entropy, eps), delta * torch.exp(-entropy))
+    children: dict[int, list[int]] = {}
+    for i in range(1, tree.size):
+        children.setdefault(int(tree.parents[i]), []).append(i)
+    path, cur = [], 0
+    while True:
+        ok = [c for c in children.get(cur, []) if float(probs[cur, int(tree.tokens[c])]) > float(threshold[cur])]
+        if not ok:
+            return path, int(probs[cur].argmax())
+        cur = max(ok, key=lambda c: float(probs[cur, int(tree.tokens[c])]))
+        path.append(cur)

@@ -93,6 +93,9 @@ def row_invariant_attention(q, k, v, mask, scale) -> torch.Tensor:
     elementwise products reduced over one axis, so each query's arithmetic is the same for T = 1 (plain
     decoding) and T > 1 (speculative verification). Low-precision models need this for lossless
     speculation: a last-bit difference from a shape-dependent matmul can flip a bf16 rounding downstream.
+    The two sums over keys accumulate in float64: their result then no longer depends on how many keys a
+    row has or where masked ones (exact zeros) sit, so a tree node with masked siblings, or a chain query
+    with masked later tokens, computes what plain decoding of its path computes.
     """
     B, H, T, D = q.shape
     G = H // k.shape[1]
@@ -100,9 +103,11 @@ def row_invariant_attention(q, k, v, mask, scale) -> torch.Tensor:
     scores = (qg * k[:, :, None, None]).sum(-1) * scale  # (B, Hkv, G, T, S)
     if mask is not None:
         scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    out = (probs[..., None] * v[:, :, None, None]).sum(-2)  # (B, Hkv, G, T, D)
-    return out.view(B, H, T, D)
+    scores = scores.float()
+    e = torch.exp(scores - scores.amax(-1, keepdim=True))
+    probs = (e / e.sum(-1, keepdim=True, dtype=torch.float64)).to(q.dtype)
+    out = (probs[..., None] * v[:, :, None, None]).sum(-2, dtype=torch.float64)  # (B, Hkv, G, T, D)
+    return out.to(q.dtype).view(B, H, T, D)
 
 
 class Attention(nn.Module):

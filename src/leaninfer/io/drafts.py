@@ -1,0 +1,70 @@
+"""Trained drafts in the user cache: one folder per (target, kind) with `config.json` and `weights.pt`.
+
+`save_draft` writes both atomically; `load_draft` rebuilds the module from its config (no pickled code).
+`leaninfer.load(...)` engines find their drafts here through `Engine.draft(kind)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from leaninfer.models.eagle import EagleConfig, EagleDraft
+from leaninfer.models.heads import DraftHeads, HeadsConfig
+from leaninfer.paths import cache_dir
+
+KINDS = ("eagle", "medusa", "hydra", "draft-lm")
+
+
+class DraftNotFoundError(FileNotFoundError):
+    pass
+
+
+def target_key(source: str | Path) -> str:
+    """Cache key of a target model: its file or folder name."""
+    return Path(str(source)).name or "target"
+
+
+def draft_dir(source: str | Path, kind: str) -> Path:
+    if kind not in KINDS:
+        raise ValueError(f"unknown draft kind {kind!r}; choose from {', '.join(KINDS)}")
+    return cache_dir("drafts", target_key(source), kind)
+
+
+def build_draft(kind: str, config: dict) -> nn.Module:
+    if kind == "eagle":
+        return EagleDraft(EagleConfig(**config))
+    if kind in ("medusa", "hydra"):
+        return DraftHeads(HeadsConfig(**config))
+    if kind == "draft-lm":
+        from leaninfer.models.draft_lm import build_draft_lm
+
+        return build_draft_lm(config)
+    raise ValueError(f"unknown draft kind {kind!r}")
+
+
+def save_draft(folder: Path, kind: str, config: dict, module: nn.Module, info: dict | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "weights.pt.tmp"
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
+    os.replace(tmp, folder / "weights.pt")
+    meta = {"kind": kind, "config": config, "info": info or {}}
+    (folder / "config.json.tmp").write_text(json.dumps(meta, indent=2))
+    os.replace(folder / "config.json.tmp", folder / "config.json")
+    return folder
+
+
+def load_draft(folder: Path, device: str | torch.device = "cpu") -> tuple[str, nn.Module, dict]:
+    """Returns (kind, module in eval mode, meta)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "weights.pt").is_file():
+        raise DraftNotFoundError(f"no trained draft in {folder}")
+    meta = json.loads((folder / "config.json").read_text())
+    module = build_draft(meta["kind"], meta["config"])
+    module.load_state_dict(torch.load(folder / "weights.pt", weights_only=True, map_location="cpu"))
+    return meta["kind"], module.to(device).eval(), meta
