@@ -45,14 +45,15 @@ class Engine:
 
     def draft(self, kind: str):
         """The trained draft of `kind` ("eagle", "medusa", "hydra") for this target, from the user cache
-        (`leaninfer draft train --kind KIND` builds it)."""
+        (`leaninfer draft train --kind KIND` builds it). Its linears take the engine's precision on the CPU."""
         from leaninfer.io.drafts import DraftNotFoundError, draft_dir, load_draft
 
         cache = self.__dict__.setdefault("_drafts", {})
         if kind not in cache:
             folder = draft_dir(self.source, kind)
             try:
-                cache[kind] = load_draft(folder, self.device)[1]
+                precision = "fp32" if self.device.type != "cpu" else self.precision
+                cache[kind] = load_draft(folder, self.device, precision)[1]
             except DraftNotFoundError as e:
                 raise DraftNotFoundError(f"{e}: train it with `leaninfer draft train --kind {kind}`") from None
         return cache[kind]

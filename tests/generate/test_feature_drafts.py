@@ -124,3 +124,13 @@ def test_feature_tree_accepts_everything_from_an_oracle(engine):
     assert out.tokens == plain
     assert out.extra["acceptance_rate"] == 1.0
     assert out.target_forwards <= 1 + -(-23 // 4)
+
+
+def test_quantised_draft_stays_lossless(engine):
+    from leaninfer.io.drafts import quantize_draft
+
+    draft = quantize_draft(_eagle(seed=3), "int8")
+    assert not any(isinstance(m, torch.nn.Linear) for m in draft.modules())
+    for p in PROMPTS:
+        plain = engine.generate(p, max_new_tokens=16, eos=False).token_ids
+        assert engine.generate(p, max_new_tokens=16, eos=False, method="eagle", draft=draft).token_ids == plain

@@ -59,12 +59,29 @@ def save_draft(folder: Path, kind: str, config: dict, module: nn.Module, info: d
     return folder
 
 
-def load_draft(folder: Path, device: str | torch.device = "cpu") -> tuple[str, nn.Module, dict]:
-    """Returns (kind, module in eval mode, meta)."""
+def quantize_draft(module: nn.Module, precision: str) -> nn.Module:
+    """Weight-only quantise every linear of a draft for CPU inference (drafting is memory-bound: a draft
+    step reads all of its weights for a handful of rows)."""
+    from leaninfer.models.quant import QuantLinear
+
+    if precision == "fp32":
+        return module
+    for name, child in list(module.named_modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, nn.Linear):
+                q = QuantLinear.from_linear(sub.weight.detach(), None if sub.bias is None else sub.bias.detach(),
+                                            precision)
+                setattr(child, attr, q)
+    return module
+
+
+def load_draft(folder: Path, device: str | torch.device = "cpu",
+               precision: str = "fp32") -> tuple[str, nn.Module, dict]:
+    """Returns (kind, module in eval mode, meta); `precision` quantises its linears (CPU only)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "weights.pt").is_file():
         raise DraftNotFoundError(f"no trained draft in {folder}")
     meta = json.loads((folder / "config.json").read_text())
     module = build_draft(meta["kind"], meta["config"])
     module.load_state_dict(torch.load(folder / "weights.pt", weights_only=True, map_location="cpu"))
-    return meta["kind"], module.to(device).eval(), meta
+    return meta["kind"], quantize_draft(module.eval(), precision).to(device), meta

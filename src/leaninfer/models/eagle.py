@@ -87,7 +87,7 @@ class EagleDraft(nn.Module):
 
     # --- drafting --------------------------------------------------------------------------------
     def new_cache(self, max_len: int) -> DraftKV:
-        return DraftKV(self.cfg.layer, max_len, self.head.weight.device, self.head.weight.dtype)
+        return DraftKV(self.cfg.layer, max_len, self.norm.weight.device, self.norm.weight.dtype)
 
     def extend(self, emb: torch.Tensor, feats: torch.Tensor, positions: torch.Tensor, cache: DraftKV) -> torch.Tensor:
         """Context step: tokens whose target features are known. emb (1, T, d), feats (1, T, n_feat * d),

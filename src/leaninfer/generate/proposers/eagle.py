@@ -16,7 +16,7 @@ class EagleProposer:
         """embed: the target's token embedding function, ids (1, T) -> (1, T, d)."""
         self.draft, self.embed, self.max_len, self.top_k = draft, embed, max_len, top_k
         self.taps = tuple(draft.cfg.feature_layers)
-        self.dtype = draft.head.weight.dtype
+        self.dtype = draft.norm.weight.dtype  # activations stay fp32 (linears may be quantised)
 
     def begin(self, prompt: list[int]) -> None:
         self.cache = self.draft.new_cache(self.max_len)

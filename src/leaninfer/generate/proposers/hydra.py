@@ -16,7 +16,7 @@ class HydraProposer:
         """embed: the target's token embedding function, ids (1, T) -> (1, T, d)."""
         self.heads, self.embed, self.top_k = heads, embed, top_k
         self.taps = (heads.cfg.feature_layer,)
-        self.dtype = heads.head.weight.dtype
+        self.dtype = heads.target_norm.weight.dtype
 
     def begin(self, prompt: list[int]) -> None:
         self.feat, self.root = None, None

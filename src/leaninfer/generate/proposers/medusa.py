@@ -23,7 +23,7 @@ class MedusaProposer:
 
     def propose_tree(self, depth: int, max_nodes: int) -> TokenTree:
         with torch.inference_mode():
-            h = self.heads.base(self.feat.to(self.heads.head.weight.dtype))  # (1, d)
+            h = self.heads.base(self.feat.to(self.heads.target_norm.weight.dtype))  # (1, d)
             depth = min(depth, self.heads.cfg.n_heads)
             # the target's own head gave the root (x_{t+1}); head k guesses depth k + 1 (x_{t+2+k})
             per_depth = [topk_logprobs(self.heads.medusa(h, k), self.top_k, self.heads.d2t) for k in range(depth)]
