@@ -30,6 +30,20 @@ class DemoRow:
 
 
 LOSSLESS_METHODS = ("ar", "ngram")  # methods that need no trained draft
+DRAFTED_METHODS = ("eagle", "hydra", "medusa")  # used when `leaninfer draft train` has built their drafts
+
+
+def candidate_methods(engine) -> list[str]:
+    from leaninfer.io.drafts import DraftNotFoundError
+
+    found = []
+    for kind in DRAFTED_METHODS:
+        try:
+            engine.draft(kind)
+            found.append(kind)
+        except DraftNotFoundError:
+            pass
+    return [*LOSSLESS_METHODS, *found]
 
 
 def fastest_method(engine, prompt: str = DEMO_PROMPTS[1], max_new_tokens: int = 32) -> tuple[str, dict]:
@@ -37,7 +51,7 @@ def fastest_method(engine, prompt: str = DEMO_PROMPTS[1], max_new_tokens: int = 
     decoding there (low-precision kernels can round differently for multi-token verification), and the
     measured tokens/s of each."""
     speeds, ref = {}, None
-    for method in LOSSLESS_METHODS:
+    for method in candidate_methods(engine):
         engine.generate(prompt, max_new_tokens=4, method=method)  # warm-up
         out = engine.generate(prompt, max_new_tokens=max_new_tokens, method=method)
         ref = out.token_ids if method == "ar" else ref
