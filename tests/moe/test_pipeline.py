@@ -33,7 +33,7 @@ def test_pipeline_end_to_end(tiny, tmp_path):
         sft=SFTConfig(base="tiny-moe", steps=3, seq_len=16, k_set=[1, 2], anchor_k=1),
         ks=[1, 2], test=EvalConfig(ppl_len=24, ctx_len=8, cont_len=4, offsets=(0,)),
         val=EvalConfig(split="val", ppl_len=16, ctx_len=8, cont_len=4, offsets=(0,)),
-        grid=RoEGrid(taus=[0.0, 0.5], clean_layers=[0], n=2), roe_k=1, speed_tokens=3)
+        grid=RoEGrid(taus=[0.0, 0.5], clean_layers=[0], n=2), roe_k=1, speed_tokens=3, speed_repeats=1)
     result = bench.run_moe_bench(cfg)
     h = result["headline"]
     for k in ("1", "2"):

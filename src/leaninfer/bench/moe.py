@@ -19,7 +19,7 @@ from leaninfer.engine import load
 from leaninfer.eval.choice import agreement
 from leaninfer.io.store import resolve
 from leaninfer.moe.build import BuildConfig, build_moe
-from leaninfer.moe.evaluate import EvalConfig, RoEGrid, decode_ms_per_token, eval_data, evaluate, load_fp32, tune_roe
+from leaninfer.moe.evaluate import EvalConfig, RoEGrid, eval_data, evaluate, load_fp32, tune_roe
 from leaninfer.moe.roe import RoEConfig
 from leaninfer.moe.sft import SFTConfig, run_sft
 
@@ -35,9 +35,10 @@ class MoEBenchConfig:
     ks: list[int] = field(default_factory=lambda: [4, 6, 8])
     test: EvalConfig = field(default_factory=EvalConfig)
     val: EvalConfig = field(default_factory=lambda: EvalConfig(split="val", ppl_len=128, max_passages=10))
-    grid: RoEGrid = field(default_factory=lambda: RoEGrid(taus=[0.1, 0.3], clean_layers=[1, 4], n=4))
+    grid: RoEGrid = field(default_factory=lambda: RoEGrid(taus=[0.1, 0.3], clean_layers=[1], n=4))
     roe_k: int = 4
     speed_tokens: int = 32
+    speed_repeats: int = 2
     tolerance: float = 0.01
 
     @classmethod
@@ -45,7 +46,7 @@ class MoEBenchConfig:
         return cls(build=BuildConfig.quick(), sft=SFTConfig(base="gemma3-moe-quick", steps=2, seq_len=64),
                    test=EvalConfig(max_passages=6, ppl_len=64, offsets=(0,)),
                    val=EvalConfig(split="val", ppl_len=32, max_passages=2),
-                   grid=RoEGrid(taus=[0.25], clean_layers=[1], n=2), speed_tokens=8)
+                   grid=RoEGrid(taus=[0.25], clean_layers=[1], n=2), speed_tokens=8, speed_repeats=1)
 
 
 def _eval_model(model_dir: Path, cfg: MoEBenchConfig, ks: list[int | None]) -> dict:
@@ -122,7 +123,8 @@ def _speed_stage(phds_dir: Path, dense_dir: Path, cfg: MoEBenchConfig, roe: dict
     from leaninfer.paths import cache_dir
 
     stamp = int((phds_dir / "model.safetensors").stat().st_mtime)
-    key = hashlib.sha1(json.dumps([str(phds_dir), stamp, sorted(cfg.ks), roe, cfg.roe_k, cfg.speed_tokens]).encode())
+    spec = [str(phds_dir), stamp, sorted(cfg.ks), roe, cfg.roe_k, cfg.speed_tokens, cfg.speed_repeats]
+    key = hashlib.sha1(json.dumps(spec).encode())
     path = cache_dir("moe", "evals") / f"speed-{phds_dir.name}-{key.hexdigest()[:12]}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -132,16 +134,23 @@ def _speed_stage(phds_dir: Path, dense_dir: Path, cfg: MoEBenchConfig, roe: dict
 
 
 def _measure_speed(phds_dir: Path, dense_dir: Path, cfg: MoEBenchConfig, roe: dict) -> dict:
-    out = {}
-    dense = load(dense_dir)  # the default precision (int8), as users run it
-    r = [dense.generate(p, max_new_tokens=cfg.speed_tokens, eos=False).stats["tpot_s"] * 1000 for p in SPEED_PROMPTS]
-    out["dense"] = {"ms_per_token": sorted(r)[len(r) // 2]}
-    del dense
-    engine = load(phds_dir)
-    for k in sorted(cfg.ks):
-        out[str(k)] = decode_ms_per_token(engine, SPEED_PROMPTS, k, new_tokens=cfg.speed_tokens)
+    """Median TPOT per setting at the default precision (int8); settings are interleaved prompt by prompt and
+    repeat by repeat, so load changes on a shared machine hit every setting alike."""
+    from leaninfer.bench.report import median
+
+    dense, engine = load(dense_dir), load(phds_dir)
     roe_cfg = RoEConfig(roe["n"], roe["tau"], roe["clean_layers"], 0)
-    out["roe"] = decode_ms_per_token(engine, SPEED_PROMPTS, cfg.roe_k, roe_cfg, new_tokens=cfg.speed_tokens)
+    settings = {"dense": (dense, {})} | {str(k): (engine, {"moe_k": k}) for k in sorted(cfg.ks)}
+    settings["roe"] = (engine, {"moe_k": cfg.roe_k, "roe": roe_cfg})
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(cfg.speed_repeats):
+        for p in SPEED_PROMPTS:
+            for name, (eng, kw) in settings.items():
+                r = eng.generate(p, max_new_tokens=cfg.speed_tokens, eos=False, **kw)
+                times[name].append(r.stats["tpot_s"] * 1000)
+    c = engine.cfg
+    kv = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4  # bytes per cached token (fp32), one sequence
+    out = {name: {"ms_per_token": median(t), "runs": len(t), "kv_bytes_per_token": kv} for name, t in times.items()}
     out["precision"] = engine.precision
     return out
 
