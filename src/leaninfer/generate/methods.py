@@ -69,3 +69,16 @@ def _hydra(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=No
 
 METHODS = {"ar": _ar, "ngram": _ngram, "ngram_tree": _ngram_tree, "sd": _sd, "eagle": _eagle, "medusa": _medusa,
            "hydra": _hydra}
+
+
+def _mirror(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None, gamma: int = 4, kappa: int = 2,
+            exit_layer: int | None = None, workers: str = "threads"):
+    """Mirror-SD: early-exit candidates steer batched draft rollouts that overlap the target's suffix layers."""
+    from leaninfer.generate.mirror import decode_mirror
+
+    draft = draft if draft is not None else engine.draft("eagle")
+    return decode_mirror(engine.model, draft, prompt, max_new_tokens, sampling, eos_ids, on_token, gamma=gamma,
+                         kappa=kappa, exit_layer=exit_layer, workers=workers)
+
+
+METHODS["mirror"] = _mirror
