@@ -1,0 +1,161 @@
+"""Mirror-SD: the reuse rule on hand-built branches, greedy equality with plain decoding (forced hits and forced
+misses), overlap == serial, the sampling-mode output distribution, and the latency model."""
+
+import pytest
+import torch
+
+import leaninfer
+import leaninfer.generate.mirror as mirror
+from helpers import tiny_model_dir
+from leaninfer.generate.latency import StepTimes, predict_speedup, predict_step_s
+from leaninfer.generate.mirror import decode_mirror, find_branch
+from leaninfer.generate.mirror_draft import Branch, Window
+from leaninfer.generate.sampling import SamplingConfig
+from leaninfer.generate.workers import Workers
+from leaninfer.models.draft_layer import DraftLayerConfig
+from leaninfer.models.eagle import EagleConfig, EagleDraft
+
+SMALL = DraftLayerConfig(dim=32, n_heads=4, n_kv_heads=2, head_dim=8, hidden=48)
+PROMPTS = [[1, 5, 6, 7, 8, 5, 6, 7], [1, 9, 3, 4, 9, 3, 4, 9, 3], [1, 12, 20, 30]]
+
+
+def _window(tokens):
+    return Window(list(tokens), torch.zeros(len(tokens), 4))
+
+
+def test_reuse_rule_on_hand_built_branches():
+    # window w = (7, 8, 9); branches start after w_1..w_j with candidate c
+    branches = [Branch((5,), _window([1, 2, 3])), Branch((7, 6), _window([4, 4, 4])),
+                Branch((7, 8, 9, 2), _window([6, 6, 6])), Branch((7, 3), _window([0, 0, 0]))]
+    assert find_branch(branches, [], 5).window.tokens == [1, 2, 3]  # tau = 0, correction 5: hit
+    assert find_branch(branches, [7], 6).window.tokens == [4, 4, 4]  # tau = 1, correction 6: hit
+    assert find_branch(branches, [7], 3).window.tokens == [0, 0, 0]
+    assert find_branch(branches, [7, 8, 9], 2).window.tokens == [6, 6, 6]  # all accepted, bonus 2: hit
+    assert find_branch(branches, [7], 5) is None  # right candidate at the wrong depth: miss
+    assert find_branch(branches, [], 6) is None  # correction not among the candidates: miss
+    assert find_branch(branches, [7, 8], 6) is None  # prefix longer than the branch point: miss
+    assert find_branch([], [], 1) is None
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_model_dir(folder, "gemma3")
+    return leaninfer.load(folder, precision="fp32")
+
+
+def _draft(draft_vocab=40, seed=0, vocab=96):
+    torch.manual_seed(seed)
+    d = EagleDraft(EagleConfig(32, vocab, draft_vocab, [1, 2, 3], SMALL)).eval()
+    d.d2t.copy_(torch.randperm(vocab)[:draft_vocab].sort().values)
+    return d
+
+
+def _plain(engine, p, n=24):
+    return engine.generate(p, max_new_tokens=n, eos=False).token_ids
+
+
+@pytest.mark.parametrize("gamma,kappa,exit_layer", [(4, 2, 1), (3, 1, 2), (1, 3, 1)])
+def test_greedy_equals_plain(engine, gamma, kappa, exit_layer):
+    draft = _draft()
+    for p in PROMPTS:
+        out = engine.generate(p, max_new_tokens=24, eos=False, method="mirror", draft=draft, gamma=gamma,
+                              kappa=kappa, exit_layer=exit_layer, workers="serial")
+        assert out.token_ids == _plain(engine, p)
+        assert out.stats["hits"] + out.stats["misses"] >= out.stats["steps"]
+
+
+def test_forced_hits_every_correction_is_a_candidate(engine):
+    """Draft vocabulary = the whole vocabulary and kappa = V: every correction has a precomputed branch."""
+    draft = _draft(draft_vocab=96)
+    for p in PROMPTS:
+        out = engine.generate(p, max_new_tokens=24, eos=False, method="mirror", draft=draft, gamma=3, kappa=96,
+                              workers="serial")
+        assert out.token_ids == _plain(engine, p)
+        assert out.stats["hits"] == out.stats["steps"] and out.stats["misses"] == 1  # only the first window
+
+
+def test_forced_misses_still_lossless(engine, monkeypatch):
+    """Candidates that are never the correction: every step re-drafts, output unchanged."""
+    draft = _draft()
+    plains = {tuple(p): _plain(engine, p) for p in PROMPTS}
+    never = next(int(t) for t in draft.d2t if all(int(t) not in v for v in plains.values()))
+    real = mirror.early_exit_signals
+
+    def wrong(model, hidden, head, d2t, kappa):
+        ids, logp = real(model, hidden, head, d2t, kappa)
+        return torch.full_like(ids, never), logp
+
+    monkeypatch.setattr(mirror, "early_exit_signals", wrong)
+    for p in PROMPTS:
+        out = engine.generate(p, max_new_tokens=24, eos=False, method="mirror", draft=draft, workers="serial")
+        assert out.token_ids == plains[tuple(p)]
+        assert out.stats["hits"] == 0 and out.stats["misses"] == out.stats["steps"]
+
+
+def test_overlap_equals_serial(engine):
+    draft = _draft(seed=3)
+    for p in PROMPTS:
+        serial = decode_mirror(engine.model, draft, p, 20, SamplingConfig(), set(), workers="serial")
+        with Workers("threads", 1, 1) as pool:
+            over = decode_mirror(engine.model, draft, p, 20, SamplingConfig(), set(), workers=pool)
+        assert over.tokens == serial.tokens
+        assert over.extra["hits"] == serial.extra["hits"]
+    samp = SamplingConfig(temperature=1.0, seed=7)  # seeded sampling: same draws on both paths
+    a = decode_mirror(engine.model, draft, PROMPTS[0], 20, samp, set(), kappa=4, workers="serial")
+    b = decode_mirror(engine.model, draft, PROMPTS[0], 20, samp, set(), kappa=4, workers="threads")
+    assert a.tokens == b.tokens
+
+
+def test_workers_run_both_sides_and_time_them():
+    with Workers("threads", 1, 1) as pool:
+        a, b, t = pool.pair(lambda: torch.ones(3).sum().item(), lambda: torch.arange(4).sum().item())
+    assert (a, b) == (3.0, 6) and t.wall_s >= t.exposed_s >= 0
+    with pytest.raises(ValueError):
+        Workers("processes")
+
+
+def _exact_joint(model, prompt, cfg, n):
+    """Exact probability of every n-token continuation under the target with top-k sampling."""
+    from leaninfer.generate.sampling import logits_to_probs
+
+    support = {}
+    with torch.no_grad():
+        def walk(prefix, prob):
+            if len(prefix) == len(prompt) + n:
+                support[tuple(prefix[len(prompt):])] = prob
+                return
+            probs = logits_to_probs(model(torch.tensor([prefix])).logits[0, -1], cfg)
+            for t in torch.nonzero(probs).flatten().tolist():
+                walk(prefix + [t], prob * float(probs[t]))
+
+        walk(list(prompt), 1.0)
+    return support
+
+
+def test_sampling_mode_reproduces_the_target_distribution(engine):
+    """Top-2 sampling, 3 tokens (2 from Mirror steps, with forced hits so reused branches are verified)."""
+    cfg_fn = lambda s: SamplingConfig(temperature=1.0, top_k=2, seed=s)  # noqa: E731
+    prompt, n, runs = PROMPTS[2], 3, 600
+    exact = _exact_joint(engine.model, prompt, cfg_fn(0), n)
+    draft = _draft(draft_vocab=96, seed=5)
+    counts: dict[tuple, int] = {}
+    hits = 0
+    for s in range(runs):
+        out = decode_mirror(engine.model, draft, prompt, n, cfg_fn(s), set(), gamma=2, kappa=96, workers="serial")
+        counts[tuple(out.tokens)] = counts.get(tuple(out.tokens), 0) + 1
+        hits += out.extra["hits"]
+    assert hits > 0
+    assert set(counts) <= set(exact)
+    tv = 0.5 * sum(abs(counts.get(k, 0) / runs - p) for k, p in exact.items())
+    assert tv < 0.1, tv
+
+
+def test_latency_model():
+    t = StepTimes(prefix_s=0.02, suffix_s=0.02, draft_refresh_s=0.005, draft_rollout_s=0.03, redraft_s=0.01,
+                  verify_s=0.001)
+    # exposed: rollouts exceed the suffix by 10 ms; a miss adds the serial re-draft
+    assert predict_step_s(t, hit_rate=1.0) == pytest.approx(0.051)
+    assert predict_step_s(t, hit_rate=0.0) == pytest.approx(0.061)
+    assert predict_step_s(t, hit_rate=1.0, overlap=False) == pytest.approx(0.076)
+    assert predict_speedup(t, tau=3.0, hit_rate=1.0, ar_token_s=0.03) == pytest.approx(3 * 0.03 / 0.051)
