@@ -95,5 +95,18 @@ def draft_train(
     print(json.dumps(summary, indent=2))
 
 
+@draft_app.command("report")
+def draft_report(
+    target: Annotated[str, typer.Option(help="'default', a GGUF file or a model folder.")] = "default",
+    json_path: Annotated[Path, typer.Option("--json")] = Path("reports/drafts.json"),
+) -> None:
+    """Training summaries and offline τ curves of the trained drafts -> reports/drafts.{json,md,png}."""
+    from leaninfer.bench.drafts import collect, write_draft_report
+    from leaninfer.io.store import resolve
+
+    paths = write_draft_report(collect(str(resolve(target))), json_path)
+    print(paths[1].read_text())
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.add_typer(draft_app, name="draft")

@@ -87,26 +87,26 @@ ROW_INVARIANT_MAX_T = 16
 
 
 def row_invariant_attention(q, k, v, mask, scale) -> torch.Tensor:
-    """Attention whose result for a query does not depend on how many queries are computed together.
+    """Attention whose result for a query does not depend on how many queries are computed together, nor on
+    how many masked keys its row carries.
 
-    q: (B, H, T, D); k, v: (B, Hkv, S, D); mask: (B, 1, T, S) bool or None. Scores and the weighted sum are
-    elementwise products reduced over one axis, so each query's arithmetic is the same for T = 1 (plain
-    decoding) and T > 1 (speculative verification). Low-precision models need this for lossless
-    speculation: a last-bit difference from a shape-dependent matmul can flip a bf16 rounding downstream.
-    The two sums over keys accumulate in float64: their result then no longer depends on how many keys a
-    row has or where masked ones (exact zeros) sit, so a tree node with masked siblings, or a chain query
-    with masked later tokens, computes what plain decoding of its path computes.
+    q: (B, H, T, D); k, v: (B, Hkv, S, D); mask: (B, 1, T, S) bool or None. Low-precision models need this
+    for lossless speculation: a last-bit difference from a shape-dependent kernel can flip a bf16 rounding
+    downstream, so verifying a block (or a tree, whose rows carry masked sibling keys) must compute what plain
+    decoding computes. Everything runs in float64: the order in which a kernel sums then changes results
+    only around 1e-16 relative, far below the float32/bf16 rounding the output gets, so a tree node or a chain
+    query computes what plain decoding of its path computes (tests check bit equality).
     """
     B, H, T, D = q.shape
-    G = H // k.shape[1]
-    qg = q.view(B, k.shape[1], G, T, 1, D)
-    scores = (qg * k[:, :, None, None]).sum(-1) * scale  # (B, Hkv, G, T, S)
+    Hkv, S = k.shape[1], k.shape[2]
+    G = H // Hkv
+    qd = q.double().reshape(B, Hkv, G * T, D)  # query heads of one KV group share its keys
+    scores = (qd @ k.double().transpose(-1, -2)) * scale  # (B, Hkv, G*T, S)
     if mask is not None:
-        scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
-    scores = scores.float()
-    e = torch.exp(scores - scores.amax(-1, keepdim=True))
-    probs = (e / e.sum(-1, keepdim=True, dtype=torch.float64)).to(q.dtype)
-    out = (probs[..., None] * v[:, :, None, None]).sum(-2, dtype=torch.float64)  # (B, Hkv, G, T, D)
+        m = mask[:, :, None].expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
+        scores = scores.masked_fill(~m, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = probs @ v.double()  # (B, Hkv, G*T, D)
     return out.to(q.dtype).view(B, H, T, D)
 
 

@@ -1,0 +1,55 @@
+"""`leaninfer draft report`: the trained drafts' training summaries and their offline τ curves (greedy chain
+τ on held-out self-distillation examples against training tokens), from each draft's saved `config.json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from leaninfer.bench.report import machine_info, markdown_table, write_json, write_markdown, write_plot
+from leaninfer.io.drafts import KINDS, draft_dir
+
+
+def collect(source: str) -> dict:
+    drafts = {}
+    for kind in KINDS:
+        f = draft_dir(source, kind) / "config.json"
+        if f.is_file():
+            info = json.loads(f.read_text())["info"]
+            drafts[kind] = {k: info[k] for k in ("train_config", "train_examples", "steps", "train_tokens",
+                                                 "train_seconds", "draft_vocab_coverage", "curve", "threads")
+                            if k in info}
+    return {"benchmark": "drafts", "machine": machine_info(), "drafts": drafts}
+
+
+def write_draft_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
+    json_path = write_json(json_path, result)
+    rows = []
+    for kind, d in result["drafts"].items():
+        last = d["curve"][-1]
+        taus = last["chain_tau"]
+        rows.append([kind, d["steps"], d["train_tokens"], d["train_seconds"] / 60, d["draft_vocab_coverage"],
+                     last["acc_by_depth"][0], taus.get("3", taus.get(3)), taus.get("5", taus.get(5))])
+    table = markdown_table(["draft", "steps", "training tokens", "minutes", "draft-vocab coverage",
+                            "top-1 acc (depth 1)", "offline chain τ (3 drafts)", "offline chain τ (5 drafts)"],
+                           rows)
+    md = write_markdown(json_path.with_suffix(".md"), "Draft training (self-distillation, CPU)", [
+        ("Trained drafts", table),
+        ("Method", "Offline chain τ: on held-out self-distillation examples, 1 + the mean number of leading "
+                   "draft guesses (teacher-forced on the true earlier tokens) that equal the target's greedy "
+                   "token, i.e. what greedy chain drafting would accept. It is measured at every checkpoint, "
+                   "so the curve shows what more training buys. Decoding speed is in reports/spec.md."),
+        ("Reproduce", "`leaninfer draft data` then `leaninfer draft train --kind KIND`, then "
+                      f"`leaninfer draft report --json {json_path}`"),
+    ])
+
+    def draw(ax):
+        for kind, d in result["drafts"].items():
+            xs = [c["train_tokens"] / 1e3 for c in d["curve"]]
+            ys = [c["chain_tau"].get("5", c["chain_tau"].get(5)) for c in d["curve"]]
+            ax.plot(xs, ys, marker="o", label=kind)
+        ax.set_xlabel("training tokens (thousands)")
+        ax.set_ylabel("offline chain τ (5 drafts)")
+        ax.legend()
+
+    return json_path, md, write_plot(json_path.with_suffix(".png"), draw)
