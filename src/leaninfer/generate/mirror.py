@@ -50,9 +50,12 @@ def exit_head(model: Decoder, d2t: torch.Tensor) -> Callable[[torch.Tensor], tor
     store = model.__dict__.setdefault("_exit_heads", {})
     key = (d2t.numel(), int(d2t[:64].sum()), int(d2t[-64:].sum()))
     if key not in store:
-        rows = model.head_weight().detach()[d2t.to(model.head_weight().device)].float()  # (Vd, dim)
+        head = model.lm_head
+        full = model.embed.weight if model.cfg.tie_embeddings or head is None else getattr(head, "weight", None)
+        full = head.dequantized() if full is None else full  # an untied quantised head
+        rows = full.detach()[d2t.to(full.device)].float()  # (Vd, dim)
         quant = next((m.precision for m in model.modules() if isinstance(m, QuantLinear)), None)
-        if quant is not None and model.head_weight().device.type == "cpu":
+        if quant is not None and rows.device.type == "cpu":
             lin = QuantLinear.from_linear(rows, None, "int8").to(rows.device)
             store[key] = lambda h: lin(h).float()
         else:

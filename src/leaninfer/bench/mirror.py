@@ -1,0 +1,179 @@
+"""`leaninfer bench mirror`: Mirror-SD on Spec-Bench against plain decoding and the EAGLE draft, in one run:
+tokens/s, speedup, tau, lossless, hit rate and exposed draft time per category; the per-step time breakdown;
+the latency model's prediction checked against the measurement and extrapolated to a draft on its own device."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from leaninfer.bench.report import machine_info, markdown_table, write_json, write_markdown, write_plot
+from leaninfer.eval.specbench import format_prompt, load_questions
+from leaninfer.generate.latency import exposed_draft_s, from_stats, predict_speedup, predict_step_s
+
+log = logging.getLogger(__name__)
+PHASES = ("prefix_s", "suffix_s", "draft_refresh_s", "draft_rollout_s", "redraft_s", "exposed_draft_s", "accept_s",
+          "steps", "hits", "misses")
+
+
+@dataclass
+class MirrorBenchConfig:
+    model: str = "default"
+    precision: str | None = None
+    per_category: int = 1
+    max_new_tokens: int = 64
+    gamma: int = 3
+    kappa: int = 2
+    exit_layer: int | None = None
+    baselines: list[str] = field(default_factory=lambda: ["eagle"])
+    # one-factor-at-a-time ablations around (gamma, kappa, exit_layer), e.g. ["exit_layer=9", "kappa=4"]
+    ablations: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.per_category < 1 or self.max_new_tokens < 2:
+            raise ValueError("per_category must be >= 1 and max_new_tokens >= 2")
+
+
+def run_mirror_bench(cfg: MirrorBenchConfig) -> dict:
+    import leaninfer
+
+    engine = leaninfer.load(cfg.model, precision=cfg.precision)
+    opts = {"gamma": cfg.gamma, "kappa": cfg.kappa, "exit_layer": cfg.exit_layer}
+    methods = [("ar", "ar", {})] + [(b, b, {}) for b in cfg.baselines] + [
+        ("mirror", "mirror", {**opts, "workers": "threads"}),
+        ("mirror_serial", "mirror", {**opts, "workers": "serial"})]
+    for a in cfg.ablations:
+        key, _, val = a.partition("=")
+        if key not in opts or not val.isdigit():
+            raise ValueError(f"ablation {a!r}: expected gamma=N, kappa=N or exit_layer=N")
+        methods.append((f"mirror {a}", "mirror", {**opts, key: int(val), "workers": "threads"}))
+    questions = load_questions(None, per_category=cfg.per_category)
+    for _, name, o in methods:  # warm-up: load drafts, build the early-exit head
+        engine.generate(format_prompt(questions[0]), max_new_tokens=4, method=name, **o)
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for q in tqdm(questions, desc="bench mirror"):
+        prompt, ref = format_prompt(q), None
+        for label, name, o in methods:
+            out = engine.generate(prompt, max_new_tokens=cfg.max_new_tokens, method=name, **o)
+            ref = out.token_ids if name == "ar" else ref
+            rows[label].append({"category": q.category, "question_id": q.question_id, "new_tokens": len(out.token_ids),
+                                "seconds": out.stats["e2e_s"], "ttft_s": out.stats["ttft_s"],
+                                "forwards": out.stats["target_forwards"], "identical": out.token_ids == ref,
+                                **{k: out.stats[k] for k in PHASES if k in out.stats}})
+    result = {"benchmark": "mirror", "config": asdict(cfg), "machine": machine_info(), "precision": engine.precision,
+              "per_question": dict(rows)}
+    result.update(summarise(rows))
+    return result
+
+
+def _agg(rows: list[dict]) -> dict:
+    toks, secs = sum(r["new_tokens"] for r in rows), sum(r["seconds"] for r in rows)
+    out = {"tokens_per_s": toks / secs, "tau": (toks - len(rows)) / sum(max(r["forwards"] - 1, 1) for r in rows),
+           "lossless": all(r["identical"] for r in rows), "mismatches": sum(not r["identical"] for r in rows)}
+    if "steps" in rows[0]:
+        tot = {k: sum(r[k] for r in rows) for k in PHASES}
+        drafted = tot["draft_refresh_s"] + tot["draft_rollout_s"] + tot["redraft_s"]
+        out["hit_rate"] = tot["hits"] / max(tot["steps"], 1)
+        out["exposed_draft_fraction"] = tot["exposed_draft_s"] / drafted if drafted else 0.0
+    return out
+
+
+def summarise(rows: dict[str, list[dict]]) -> dict:
+    cats = sorted({r["category"] for r in rows["ar"]})
+    main = {m: rs for m, rs in rows.items() if " " not in m}
+    table = {m: {"overall": _agg(rs), **{c: _agg([r for r in rs if r["category"] == c]) for c in cats}}
+             for m, rs in main.items()}
+    for m in table:
+        for c in table[m]:
+            table[m][c]["speedup"] = table[m][c]["tokens_per_s"] / table["ar"][c]["tokens_per_s"]
+    keys = ("speedup", "tau", "lossless", "tokens_per_s", "hit_rate", "exposed_draft_fraction")
+    headline = {m: {k: v for k, v in table[m]["overall"].items() if k in keys} for m in table if m != "ar"}
+    ar_tps = table["ar"]["overall"]["tokens_per_s"]
+    ablations = {m: {**_agg(rs), "speedup": _agg(rs)["tokens_per_s"] / ar_tps} for m, rs in rows.items() if " " in m}
+    if ablations:
+        ablations["mirror (base)"] = table["mirror"]["overall"]
+    return {"categories": cats, "table": table, "headline": headline, "latency_model": latency_check(main),
+            "ablations": ablations}
+
+
+def latency_check(rows: dict[str, list[dict]]) -> dict:
+    """Per-step means of both Mirror runs, the model's predicted step time and speedup next to the measured ones,
+    and an extrapolation: the target at the serial run's speed (all cores) with the draft on its own device."""
+    ar = rows["ar"]
+    ar_token_s = sum(r["seconds"] - r["ttft_s"] for r in ar) / max(sum(r["new_tokens"] - 1 for r in ar), 1)
+    out = {"ar_token_ms": 1000 * ar_token_s}
+    for label, overlap in (("mirror", True), ("mirror_serial", False)):
+        rs = rows[label]
+        stats = {k: sum(r[k] for r in rs) for k in PHASES}
+        t, h, tau = from_stats(stats, sum(r["new_tokens"] for r in rs) - len(rs) + 1)
+        measured_step = sum(r["seconds"] - r["ttft_s"] for r in rs) / max(stats["steps"], 1)
+        out[label] = {"step_ms": {k: 1000 * v for k, v in asdict(t).items()}, "hit_rate": h, "tau": tau,
+                      "measured_step_ms": 1000 * measured_step,
+                      "predicted_step_ms": 1000 * predict_step_s(t, h, overlap),
+                      "predicted_exposed_draft_ms": 1000 * exposed_draft_s(t, h) if overlap else None,
+                      "predicted_speedup": predict_speedup(t, tau, h, ar_token_s, overlap),
+                      "measured_speedup": tau * ar_token_s / measured_step}
+        out[label]["_times"] = t
+    # heterogeneous placement: target parts as fast as with all cores (serial run), draft parts as on its own core
+    ts, td = out["mirror_serial"].pop("_times"), out["mirror"].pop("_times")
+    het = type(ts)(ts.prefix_s, ts.suffix_s, td.draft_refresh_s, td.draft_rollout_s, td.redraft_s, ts.verify_s)
+    h, tau = out["mirror"]["hit_rate"], out["mirror"]["tau"]
+    out["separate_draft_device"] = {"predicted_step_ms": 1000 * predict_step_s(het, h),
+                                    "predicted_speedup": predict_speedup(het, tau, h, ar_token_s),
+                                    "hidden_fraction_of_rollouts": min(1.0, het.suffix_s / max(het.draft_rollout_s,
+                                                                                               1e-9))}
+    return out
+
+
+def write_mirror_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
+    json_path = write_json(json_path, result)
+    table, cats, lm = result["table"], result["categories"], result["latency_model"]
+    overall = markdown_table(["method", "tokens/s", "speedup", "τ", "lossless", "hit rate", "exposed draft"], [
+        [m, t["overall"]["tokens_per_s"], t["overall"]["speedup"], t["overall"]["tau"],
+         "yes" if t["overall"]["lossless"] else f"no ({t['overall']['mismatches']})",
+         t["overall"].get("hit_rate", "-"), t["overall"].get("exposed_draft_fraction", "-")]
+        for m, t in table.items()])
+    by_cat = markdown_table(["method"] + cats, [
+        [m] + [f"{t[c]['speedup']:.2f}× / τ {t[c]['tau']:.2f}" for c in cats] for m, t in table.items()])
+    phases = list(lm["mirror"]["step_ms"])
+    breakdown = markdown_table(["run"] + [p.replace("_s", " ms") for p in phases] + ["measured step ms",
+                                                                                     "model step ms"], [
+        [k] + [lm[k]["step_ms"][p] for p in phases] + [lm[k]["measured_step_ms"], lm[k]["predicted_step_ms"]]
+        for k in ("mirror", "mirror_serial")])
+    model_rows = markdown_table(["setting", "hit rate", "τ", "predicted speedup", "measured speedup"], [
+        [k, lm[k]["hit_rate"], lm[k]["tau"], lm[k]["predicted_speedup"], lm[k]["measured_speedup"]]
+        for k in ("mirror", "mirror_serial")] + [
+        ["draft on its own device (extrapolated)", lm["mirror"]["hit_rate"], lm["mirror"]["tau"],
+         lm["separate_draft_device"]["predicted_speedup"], "-"]])
+    c = result["config"]
+    md = write_markdown(json_path.with_suffix(".md"), "Mirror speculative decoding on Spec-Bench", [
+        ("Overall", overall), ("Per category (speedup / τ)", by_cat),
+        ("Time per step (ms; redraft per miss, the rest per step)", breakdown),
+        ("Latency model vs measurement", model_rows + f"\n\nPlain decoding: {lm['ar_token_ms']:.1f} ms per token."),
+        ("Ablations (one factor at a time around the base setting, overlapped)", markdown_table(
+            ["setting", "tokens/s", "speedup", "τ", "hit rate", "exposed draft", "lossless"],
+            [[m, a["tokens_per_s"], a["speedup"], a["tau"], a["hit_rate"], a["exposed_draft_fraction"],
+              "yes" if a["lossless"] else "no"] for m, a in result["ablations"].items()]) if result["ablations"]
+         else "none run"),
+        ("Method", f"First turn of {c['per_category']} question(s) per category, greedy, {c['max_new_tokens']} new "
+                   f"tokens, γ={c['gamma']}, κ={c['kappa']}, exit layer {c['exit_layer'] or 'N/2'}, precision "
+                   f"{result['precision']}; `mirror` overlaps draft and target on two threads, `mirror_serial` runs "
+                   "them one after the other; all methods in one run."),
+        ("Reproduce", f"`leaninfer bench mirror --json {json_path}`"),
+    ])
+
+    def draw(ax):
+        ms = list(table)
+        for i, m in enumerate(ms):
+            ax.bar([j + i * 0.8 / len(ms) for j in range(len(cats))], [table[m][k]["speedup"] for k in cats],
+                   width=0.8 / len(ms), label=m)
+        ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right", fontsize=8)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_ylabel("speedup vs plain decoding")
+        ax.legend(fontsize=8)
+
+    return json_path, md, write_plot(json_path.with_suffix(".png"), draw, figsize=(9, 4))
