@@ -27,7 +27,8 @@ def _sections(res: dict) -> list[tuple[str, str]]:
     mode = "quick (smoke-test sizes: numbers are not meaningful)" if res["config"]["quick"] else "full"
     data = res["data"]
     intro = (
-        f"Mode: **{mode}**. One run, {res['wall_s'] / 60:.1f} min on {res['machine']['threads']} CPU thread(s), "
+        f"Mode: **{mode}**. One run, {res['wall_s'] / 60:.1f} min, {res['machine']['threads']} CPU thread per "
+        f"process, {res.get('workers', 1)} training process(es) (timing measured alone afterwards), "
         f"torch {res['machine']['torch']}, {res['machine']['date']}. Synthetic espeak-ng corpus: "
         f"{data['train']['clips']}/{data['val']['clips']}/{data['test']['clips']} train/val/test clips "
         f"(13 classes, test speakers unseen), {data['train']['stream_hours']:.2f} h train streams, "
