@@ -79,10 +79,12 @@ def feature_rows(reports: Path) -> list[tuple[str, str, str]]:
     k = _load(reports, "kws")
     if k:
         h = k["headline"]
-        rows.append(("Keyword spotting: RepCNN, Streaming Anchor Loss, R^2, ONNX", "done (see report targets)",
+        rows.append(("Keyword spotting: RepCNN, Streaming Anchor Loss, R^2, ONNX",
+                     "done except SAL's FRR gain (see report targets)",
                      f"RepCNN {_f(h['repcnn_acc'], '{:.1f}')}% vs single-branch {_f(h['unibranch_acc'], '{:.1f}')}% at "
                      f"{_f(h['repcnn_ms_per_frame'], '{:.3f}')} vs "
-                     f"{_f(h['unibranch_ms_per_frame'], '{:.3f}')} ms/frame; "
+                     f"{_f(h['unibranch_ms_per_frame'], '{:.3f}')} ms/frame; streaming peak "
+                     f"{_f(h['repcnn_peak_kb'], '{:.1f}')} vs BC-ResNet {_f(h['bcresnet_peak_kb'], '{:.1f}')} KiB; "
                      f"SAL latency {_f(h['sal_latency_ms'], '{:.0f}')} vs CE {_f(h['ce_latency_ms'], '{:.0f}')} ms, "
                      f"FRR {_f(h['sal_frr'], '{:.1f}')}% vs {_f(h['ce_frr'], '{:.1f}')}%; 2-bit acc R^2 "
                      f"{_f(h['r2_2bit_acc'], '{:.1f}')}% vs {_f(h['base_2bit_acc'], '{:.1f}')}% "
