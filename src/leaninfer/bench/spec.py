@@ -59,9 +59,9 @@ def available(engine, methods: list[tuple[str, str, dict]]) -> tuple[list, dict[
 
     keep, skipped = [], {}
     for label, name, opts in methods:
-        if name in ("eagle", "medusa", "hydra") and "draft" not in opts:
+        if name in ("eagle", "medusa", "hydra", "mirror") and "draft" not in opts:
             try:
-                engine.draft(name)
+                engine.draft("eagle" if name == "mirror" else name)  # Mirror-SD rolls out with the EAGLE draft
             except DraftNotFoundError as e:
                 skipped[label] = str(e)
                 continue
