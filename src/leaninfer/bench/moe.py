@@ -275,8 +275,8 @@ def _setup_text(r: dict, build: dict) -> str:
                      f" min of training (plus collection / clustering / layer fits).")
     m = r["machine"]
     lines.append(f"- Machine: {m.get('processor', '')}, {m.get('cores')} cores, shared with other "
-                 "jobs during the run (quality numbers do not depend on load; ms/token were measured on a quiet "
-                 "machine, see docs/moe.md).")
+                 "jobs during the run (quality numbers do not depend on load; ms/token: settings interleaved per "
+                 "prompt and repeat, run through the shared slot, see docs/moe.md).")
     return "\n".join(lines)
 
 
