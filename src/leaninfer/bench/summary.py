@@ -63,10 +63,13 @@ def feature_rows(reports: Path) -> list[tuple[str, str, str]]:
         ks = sorted(k for k in h if k.isdigit())
         rows.append(("MoE: runtime k, MoEfied Gemma 3, PHDS vs fixed-k oracles, Roster of Experts", "partial "
                      "(see report targets)",
-                     "; ".join(f"k={k}: ppl PHDS {_f(h[k].get('phds_ppl'))} vs oracle {_f(h[k].get('oracle_ppl'))}"
+                     "; ".join(f"k={k}: ppl PHDS {_f(h[k].get('phds_ppl'), '{:.0f}')} vs oracle "
+                               f"{_f(h[k].get('oracle_ppl'), '{:.0f}')}"
                                for k in ks)
-                     + f"; RoE ppl {_f(h.get('roe_ppl'))} vs plain {_f(h.get('plain_ppl_same_k'))} "
-                     "([moe](reports/moe.md))"))
+                     + f"; cross-k agreement PHDS {_f(h.get('phds_agreement'))} vs oracle pairs "
+                     f"{_f(h.get('oracle_agreement'))}; RoE ppl {_f(h.get('roe_ppl'))} vs plain "
+                     f"{_f(h.get('plain_ppl_same_k'))} at {_f(h.get('roe_cost_ratio'))}× the cost (MoE derived in a "
+                     "starved 31-minute build: ppl far above the dense model's) ([moe](reports/moe.md))"))
     else:
         rows.append(("MoE runtime k (per call / per layer), PHDS, Roster of Experts", "partial",
                      "parity-tested; see docs/moe.md"))
