@@ -17,7 +17,7 @@ from leaninfer.io.store import quantized_path, read_model_config, read_model_dir
 from leaninfer.io.tokenizer import Tokenizer
 from leaninfer.models.build import build_decoder
 from leaninfer.models.config import ModelConfig
-from leaninfer.models.quant import PRECISIONS, quantize_model
+from leaninfer.models.quant import PRECISIONS, align_buffers, quantize_model
 from leaninfer.models.transformer import Decoder
 
 # The fastest precision whose perplexity stays within 1% of fp32 on the default model (reports/precision.md).
@@ -165,7 +165,7 @@ def _load_model(folder: Path, precision: str) -> tuple[Decoder, Tokenizer | None
         with torch.device("meta"):
             model = quantize_model(Decoder(cfg), precision, empty=True)
         model.load_state_dict(load_file(str(qfile)), assign=True, strict=True)
-        return model.eval(), tok
+        return align_buffers(model).eval(), tok
     cfg, state, tok = read_model_dir(folder)
     model = build_decoder(cfg, state)
     if qfile is not None:

@@ -106,3 +106,16 @@ def test_int8_tree_speculation_is_exact(tmp_path):
         plain = engine.generate(prompt, max_new_tokens=24, eos=False).token_ids
         tree = engine.generate(prompt, max_new_tokens=24, eos=False, method="ngram_tree", branches=3)
         assert tree.token_ids == plain
+
+
+def test_align_buffers_copies_unaligned_weights():
+    from leaninfer.models.quant import QuantLinear, align_buffers
+
+    q = QuantLinear.from_linear(torch.randn(16, 64), None, "int8")
+    raw = torch.zeros(16 * 64 + 8, dtype=torch.int8)
+    raw[8:] = q.w.flatten()
+    q.w = raw[8:].view(16, 64)  # what a tensor at an odd offset of a safetensors file looks like
+    assert q.w.data_ptr() % 64 != 0
+    model = torch.nn.Sequential(q)
+    align_buffers(model)
+    assert model[0].w.data_ptr() % 64 == 0 and torch.equal(model[0].w, raw[8:].view(16, 64))

@@ -141,6 +141,19 @@ def quantize_model(model: nn.Module, precision: str, group: int = 32, empty: boo
     return model
 
 
+def align_buffers(model: nn.Module, alignment: int = 64) -> nn.Module:
+    """Copy every quantised weight whose memory is not `alignment`-byte aligned (in place).
+
+    Tensors loaded from a safetensors file can start at any byte offset; the packed int8/int4 CPU kernels
+    read with aligned vector loads and crash on such weights (seen with a built MoE's cached int8 state)."""
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            for name, buf in list(module.named_buffers(recurse=False)):
+                if buf.data_ptr() % alignment:
+                    setattr(module, name, buf.clone())
+    return model
+
+
 def _make(weight, bias, precision, group, empty) -> QuantLinear:
     if empty:
         return QuantLinear(weight.shape[1], weight.shape[0], bias is not None, precision, group)
