@@ -120,18 +120,10 @@ def decode_tree(
         t1 = time.perf_counter()
         if tree.size > max_nodes:
             raise ValueError(f"the drafter proposed {tree.size} nodes, more than max_nodes={max_nodes}")
-        device = cache.pos.device
         start = cache.length
-        pos = (int(cache.pos[0, start - 1]) + 1 + tree.depths()).to(device)[None]
-        logits = model(tree.tokens.to(device)[None], positions=pos, cache=cache,
-                       block_mask=tree.mask().to(device)).logits[0]  # (N, V)
+        logits = _score_tree(model, cache, tree).logits[0]  # (N, V)
         t2 = time.perf_counter()
-        if sampling.greedy:
-            path, nxt = verify_tree_greedy(tree, logits)
-        else:
-            path, nxt = verify_tree_sampling(tree, logits_to_probs(logits, sampling), gen)
-        cache.keep(start, torch.tensor([start] + [start + i for i in path]))
-        emitted = [int(tree.tokens[i]) for i in path] + [nxt]
+        path, emitted = _accept_tree(cache, start, tree, logits, sampling, gen)
         proposer.accept(emitted, len(path))
         timing["draft_s"] += t1 - t0
         timing["verify_s"] += t2 - t1
@@ -174,21 +166,10 @@ def decode_feature_tree(
         t0 = time.perf_counter()
         tree = proposer.propose_tree(min(depth, budget), max_nodes)
         t1 = time.perf_counter()
-        device = cache.pos.device
         start = cache.length
-        pos = (int(cache.pos[0, start - 1]) + 1 + tree.depths()).to(device)[None]
-        out = model(tree.tokens.to(device)[None], positions=pos, cache=cache, block_mask=tree.mask().to(device),
-                    taps=taps)
-        logits = out.logits[0]  # (N, V)
+        out = _score_tree(model, cache, tree, taps)
         t2 = time.perf_counter()
-        if typical is not None:
-            path, nxt = verify_tree_typical(tree, logits, *typical)
-        elif sampling.greedy:
-            path, nxt = verify_tree_greedy(tree, logits)
-        else:
-            path, nxt = verify_tree_sampling(tree, logits_to_probs(logits, sampling), gen)
-        cache.keep(start, torch.tensor([start] + [start + i for i in path]))
-        emitted = [int(tree.tokens[i]) for i in path] + [nxt]
+        path, emitted = _accept_tree(cache, start, tree, out.logits[0], sampling, gen, typical)
         proposer.observe(features(out, [0] + path), emitted)
         t3 = time.perf_counter()
         timing["draft_s"] += t1 - t0
@@ -198,6 +179,28 @@ def decode_feature_tree(
 
     return speculate(model, prompt, max_new_tokens, sampling, eos_ids, on_token, step, max_nodes,
                      prefill_taps=taps, on_prefill=on_prefill, timing=timing)
+
+
+def _score_tree(model: Decoder, cache: KVCache, tree, taps: tuple[int, ...] = ()):
+    """One target forward over a token tree rooted at the pending token (positions by depth, tree mask)."""
+    device = cache.pos.device
+    pos = (int(cache.pos[0, cache.length - 1]) + 1 + tree.depths()).to(device)[None]
+    return model(tree.tokens.to(device)[None], positions=pos, cache=cache, block_mask=tree.mask().to(device),
+                 taps=taps)
+
+
+def _accept_tree(cache: KVCache, start: int, tree, logits: torch.Tensor, sampling: SamplingConfig,
+                 gen: torch.Generator, typical: tuple[float, float] | None = None) -> tuple[list[int], list[int]]:
+    """Verify the tree's (N, V) logits, keep only the root and the accepted path in the cache from `start`;
+    returns (accepted node indices, emitted tokens = accepted drafts + the target's next token)."""
+    if typical is not None:
+        path, nxt = verify_tree_typical(tree, logits, *typical)
+    elif sampling.greedy:
+        path, nxt = verify_tree_greedy(tree, logits)
+    else:
+        path, nxt = verify_tree_sampling(tree, logits_to_probs(logits, sampling), gen)
+    cache.keep(start, torch.tensor([start] + [start + i for i in path]))
+    return path, [int(tree.tokens[i]) for i in path] + [nxt]
 
 
 def _emit(emitted, out, eos_ids, on_token, max_new_tokens) -> str | None:
