@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,8 +26,10 @@ class DraftNotFoundError(FileNotFoundError):
 
 
 def target_key(source: str | Path) -> str:
-    """Cache key of a target model: its file or folder name."""
-    return Path(str(source)).name or "target"
+    """Cache key of a target model: its file or folder name plus a short hash of its absolute path (two
+    different models in folders of the same name must not share drafts)."""
+    path = Path(str(source)).resolve()
+    return f"{path.name or 'target'}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
 
 
 def draft_dir(source: str | Path, kind: str) -> Path:
