@@ -23,7 +23,7 @@ class SpecBenchConfig:
     precision: str | None = None
     questions: Path | None = None
     # "name" or "label=name:key=value,key=value" (e.g. "eagle8=eagle:max_nodes=8,depth=6")
-    methods: list[str] = field(default_factory=lambda: ["ngram", "ngram_tree", "eagle", "medusa", "hydra"])
+    methods: list[str] = field(default_factory=lambda: ["ngram", "ngram_tree", "sd", "eagle", "medusa", "hydra"])
     per_category: int | None = 3
     max_new_tokens: int = 96
     repeats: int = 1
@@ -53,15 +53,19 @@ def _number(v: str):
     return v
 
 
+# the trained draft each method needs (Mirror-SD rolls out with the EAGLE draft)
+DRAFT_KIND = {"sd": "draft-lm", "eagle": "eagle", "medusa": "medusa", "hydra": "hydra", "mirror": "eagle"}
+
+
 def available(engine, methods: list[tuple[str, str, dict]]) -> tuple[list, dict[str, str]]:
     """Methods whose drafts exist; the others with the reason they were skipped."""
     from leaninfer.io.drafts import DraftNotFoundError
 
     keep, skipped = [], {}
     for label, name, opts in methods:
-        if name in ("eagle", "medusa", "hydra", "mirror") and "draft" not in opts:
+        if name in DRAFT_KIND and "draft" not in opts:
             try:
-                engine.draft("eagle" if name == "mirror" else name)  # Mirror-SD rolls out with the EAGLE draft
+                engine.draft(DRAFT_KIND[name])
             except DraftNotFoundError as e:
                 skipped[label] = str(e)
                 continue

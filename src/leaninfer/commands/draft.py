@@ -47,7 +47,7 @@ def draft_data(
 
 @draft_app.command("train")
 def draft_train(
-    kind: Annotated[str, typer.Option(help="eagle | medusa | hydra")] = "eagle",
+    kind: Annotated[str, typer.Option(help="eagle | medusa | hydra | draft-lm")] = "eagle",
     target: Annotated[str, typer.Option(help="'default', a GGUF file or a model folder.")] = "default",
     data: Annotated[Optional[Path], typer.Option(help="Distillation set (default: the one `draft data` "
                                                  "builds with its defaults, built first if missing).")] = None,
@@ -58,6 +58,8 @@ def draft_train(
     draft_vocab: Annotated[int, typer.Option(min=16)] = 16384,
     ttt_steps: Annotated[int, typer.Option(min=1)] = 3,
     n_heads: Annotated[int, typer.Option(min=1)] = 4,
+    lm_layers: Annotated[Optional[str], typer.Option(help="draft-lm: comma-separated target layers it starts "
+                                                     "from (default 0,6,11,17).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the user cache, where "
                                                 "`leaninfer.load(...).draft(kind)` finds it).")] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint instead of resuming.")] = False,
@@ -71,9 +73,10 @@ def draft_train(
     from leaninfer.train.distill import DistillConfig, build_distill_set
     from leaninfer.train.drafts import DraftTrainConfig, DraftTrainer
 
-    engine = leaninfer.load(target)
+    extra = {"lm_layers": tuple(int(x) for x in lm_layers.split(","))} if lm_layers else {}
     cfg = DraftTrainConfig(kind=kind, minutes=minutes, max_steps=max_steps, lr=lr, batch_tokens=batch_tokens,
-                           draft_vocab=draft_vocab, ttt_steps=ttt_steps, n_heads=n_heads)
+                           draft_vocab=draft_vocab, ttt_steps=ttt_steps, n_heads=n_heads, **extra)
+    engine = leaninfer.load(target)
     if data is None:
         data = _data_dir(engine, 480, 128, True)
         if not (data / "config.json").exists():
@@ -82,7 +85,9 @@ def draft_train(
     folder = out or draft_dir(engine.source, kind)
     if fresh and (folder / "checkpoint.pt").exists():
         (folder / "checkpoint.pt").unlink()
-    trainer = DraftTrainer(engine.model, data, folder, cfg)
+    # a draft LM copies target layers, so it starts from the unquantised weights
+    model = leaninfer.load(target, precision="fp32").model if kind == "draft-lm" else engine.model
+    trainer = DraftTrainer(model, data, folder, cfg)
     resumed = trainer.resume()
     info = trainer.run()
     last = info["curve"][-1]

@@ -99,6 +99,28 @@ def hydra_loss(heads, embed, batch: Batch, t2d: torch.Tensor, decay: float = 0.8
     return _combine(parts, decay)
 
 
+def draft_lm_loss(model, teacher, batch: Batch, t2d: torch.Tensor, depths: int):
+    """Distillation of a separate draft LM: soft cross-entropy against the target's distribution over the draft
+    vocabulary (`teacher`: final target hidden (N, d) -> (N, Vd) logits) at every position that has a next
+    token, prompt included. `correct` uses hard labels: the draft reads the true tokens, so while its guesses
+    are right its context is exactly the chain-drafting one, and position t+1+j's guess is depth j's."""
+    B, L = batch.tokens.shape
+    has_next = torch.arange(L)[None] < (batch.lens[:, None] - 1)  # (B, L)
+    h = model.hidden(batch.tokens)[has_next]  # (N, d)
+    logits = model.logits(h).float()
+    with torch.no_grad():
+        soft = torch.softmax(teacher(batch.feats[:, :, 0][has_next]).float(), -1)
+    loss = -(soft * torch.log_softmax(logits, -1)).sum(-1).mean()
+    pred = torch.full((B, L + depths), -2, dtype=torch.long)
+    pred[:, :L][has_next] = logits.detach().argmax(-1)
+    parts = []
+    for j in range(depths):
+        lab, valid, _ = _labels(batch, t2d, j)  # label t+2+j, guessed at position t+1+j
+        guess = pred[:, 1 + j : L + j]
+        parts.append((None, (guess == lab) & (lab >= 0) & valid, valid))
+    return loss, torch.stack([p[1] for p in parts], dim=-1), parts[0][2]
+
+
 def _combine(parts, decay: float):
     loss = sum((decay**j) * p[0] for j, p in enumerate(parts))
     correct = torch.stack([p[1] for p in parts], dim=-1)  # (B, T, S)

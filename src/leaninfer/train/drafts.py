@@ -1,5 +1,5 @@
-"""`leaninfer draft train`: train an EAGLE / Medusa / Hydra draft on a self-distillation set, on the CPU,
-within a time budget, with checkpoints (resumable) and a curve of offline τ against training tokens.
+"""`leaninfer draft train`: train an EAGLE / Medusa / Hydra draft or a separate draft LM on a self-distillation
+set, on the CPU, within a time budget, with checkpoints (resumable) and a curve of offline τ against training tokens.
 
 Every draft predicts over a reduced vocabulary (the most frequent tokens of the target's own continuations)
 and starts from the target: its output matrix is the target's tied embedding rows for that vocabulary and
@@ -20,13 +20,17 @@ import torch
 from tqdm import tqdm
 
 from leaninfer.io.drafts import save_draft
+from leaninfer.models.draft_lm import init_draft_lm
 from leaninfer.models.eagle import EagleConfig, EagleDraft
 from leaninfer.models.heads import DraftHeads, HeadsConfig
 from leaninfer.train.distill import load_distill_set
-from leaninfer.train.draft_losses import Batch, chain_tau, collate, eagle_loss, hydra_loss, medusa_loss
+from leaninfer.train.draft_losses import Batch, chain_tau, collate, draft_lm_loss, eagle_loss, hydra_loss, medusa_loss
 from leaninfer.train.vocab import DraftVocab
 
 log = logging.getLogger(__name__)
+
+
+KINDS = ("eagle", "medusa", "hydra", "draft-lm")
 
 
 @dataclass
@@ -41,6 +45,7 @@ class DraftTrainConfig:
     n_heads: int = 4  # Medusa / Hydra
     draft_vocab: int = 16384
     feature_layers: tuple[int, ...] = (2, 9, 15)  # EAGLE fuses these target layer outputs
+    lm_layers: tuple[int, ...] = (0, 6, 11, 17)  # target layers a draft LM starts from
     heldout: int = 24  # examples kept out for the offline τ curve
     eval_every: int = 50
     eval_depth: int = 5
@@ -48,16 +53,19 @@ class DraftTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("eagle", "medusa", "hydra"):
-            raise ValueError(f"kind must be eagle, medusa or hydra, got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.minutes <= 0 or self.batch_tokens < 64 or self.lr <= 0:
             raise ValueError("minutes, batch_tokens and lr must be positive (batch_tokens >= 64)")
         self.feature_layers = tuple(self.feature_layers)
+        self.lm_layers = tuple(self.lm_layers)
 
 
 def init_draft(kind: str, target, vocab: DraftVocab, cfg: DraftTrainConfig, n_layers: int) -> torch.nn.Module:
     """A draft initialised from the target's output space (see the module docstring)."""
     tc = target.cfg
+    if kind == "draft-lm":
+        return init_draft_lm(target, vocab.d2t, [i for i in cfg.lm_layers if i < tc.n_layers])
     rows = target.embed.weight.detach()[vocab.d2t].float()  # (Vd, d) tied output rows
     norm_w = target.norm.weight.detach().float() + target.norm.offset
     if kind == "eagle":
@@ -110,6 +118,10 @@ class DraftTrainer:
         self.coverage = self.vocab.coverage([ex["tokens"][ex["prompt_len"] :] for ex in self.heldout])
         torch.manual_seed(cfg.seed)
         self.module = init_draft(cfg.kind, target, self.vocab, cfg, target.cfg.n_layers)
+        self.teacher = None
+        if cfg.kind == "draft-lm":  # the target's own distribution over the draft vocabulary
+            rows = target.head_weight().detach()[self.vocab.d2t].float()
+            self.teacher = lambda h: torch.nn.functional.linear(target.norm(h.to(rows.dtype)), rows)
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
         self.state = {"step": 0, "tokens": 0, "elapsed": 0.0, "planned": None, "epoch": 0, "pos": 0, "curve": []}
@@ -125,6 +137,8 @@ class DraftTrainer:
                 return eagle_loss(self.module, self.embed, batch, t2d, depth or cfg.ttt_steps)
             if cfg.kind == "medusa":
                 return medusa_loss(self.module, batch, t2d)
+            if cfg.kind == "draft-lm":
+                return draft_lm_loss(self.module, self.teacher, batch, t2d, depth or cfg.ttt_steps)
             return hydra_loss(self.module, self.embed, batch, t2d)
 
     def evaluate(self) -> dict:

@@ -11,9 +11,12 @@ from leaninfer.models.transformer import Decoder
 
 
 class DraftLMProposer(Proposer):
+    """draft: a `Decoder` or a `models.draft_lm.DraftLM` (anything with `new_cache` and target-vocab logits)."""
+
     def __init__(self, draft: Decoder, sampling: SamplingConfig, max_len: int, seed: int | None = None) -> None:
         self.draft, self.sampling, self.max_len = draft, sampling, max_len
-        self.gen = make_generator(seed, draft.embed.weight.device)
+        self.device = next(draft.parameters()).device
+        self.gen = make_generator(seed, self.device)
         self.cache = None
         self.fed = 0  # context tokens whose keys are in the draft cache
 
@@ -23,7 +26,7 @@ class DraftLMProposer(Proposer):
 
     def propose(self, context: list[int], k: int) -> Proposal:
         """Feed the context tokens the draft has not seen, then sample/argmax k tokens."""
-        device = self.draft.embed.weight.device
+        device = self.device
         if self.cache.length > self.fed:  # drop draft tokens beyond the accepted context
             self.cache.rollback(self.cache.length - self.fed)
         new = torch.tensor([context[self.fed :]], device=device)
