@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from leaninfer.bench.report import machine_info, median, peak_rss_mb
+from leaninfer.bench.report import machine_info, median, peak_rss_mb, write_plot
 from leaninfer.cache.answer import answer_loglik, greedy_answer
 from leaninfer.cache.budget import full_lengths, uniform_budgets
 from leaninfer.cache.episodic import (
@@ -356,33 +356,25 @@ def write_kv_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
 
 
 def _plot(result: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cfg, summary = result["config"], result["summary"]
     ratios = sorted(cfg["ratios"])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for m in cfg["methods"]:
-        for ax, key in zip(axes[:2], ("fidelity_f1", "gold_f1")):
-            ax.plot(ratios, [summary[m][_key(r)][key] for r in ratios], marker="o", label=m)
-    axes[1].axhline(summary["full"]["gold_f1"], color="k", ls="--", label="full KV")
-    for ax, title in zip(axes[:2], ("fidelity F1 (vs full-KV answer)", "gold F1")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("compression ratio")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-    traces = result["conversations"][0]["traces"]
-    for name, trace in traces.items():
-        axes[2].plot([t[0] for t in trace], [t[1] / MB for t in trace], label=name)
-    axes[2].set_xlabel("history tokens prefilled")
-    axes[2].set_ylabel("cache MB (before eviction)")
-    axes[2].set_title(f"memory over the prefill ({result['conversations'][0]['sample_id']}, {cfg['trace_ratio']:g}x)")
-    axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+
+    def draw(axes) -> None:
+        for m in cfg["methods"]:
+            for ax, key in zip(axes[:2], ("fidelity_f1", "gold_f1")):
+                ax.plot(ratios, [summary[m][_key(r)][key] for r in ratios], marker="o", label=m)
+        axes[1].axhline(summary["full"]["gold_f1"], color="k", ls="--", label="full KV")
+        for ax, title in zip(axes[:2], ("fidelity F1 (vs full-KV answer)", "gold F1")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("compression ratio")
+            ax.set_title(title)
+            ax.legend(fontsize=7)
+        conv = result["conversations"][0]
+        for name, trace in conv["traces"].items():
+            axes[2].plot([t[0] for t in trace], [t[1] / MB for t in trace], label=name)
+        axes[2].set_xlabel("history tokens prefilled")
+        axes[2].set_ylabel("cache MB (before eviction)")
+        axes[2].set_title(f"memory over the prefill ({conv['sample_id']}, {cfg['trace_ratio']:g}x)")
+        axes[2].legend(fontsize=7)
+
+    return write_plot(path, draw, figsize=(15, 4), ncols=3)

@@ -91,14 +91,15 @@ def write_markdown(path: Path, title: str, sections: Sequence[tuple[str, str]]) 
     return path
 
 
-def write_plot(path: Path, draw: Callable[[Any], None], figsize: tuple[float, float] = (7, 4)) -> Path:
-    """Draw with matplotlib's Agg backend: `draw(ax)` fills one axes; saved small (dpi 100)."""
+def write_plot(path: Path, draw: Callable[[Any], None], figsize: tuple[float, float] = (7, 4), ncols: int = 1) -> Path:
+    """Draw with matplotlib's Agg backend: `draw(ax)` fills one axes (`ncols` > 1: a row of axes); saved small
+    (dpi 100)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax = plt.subplots(1, ncols, figsize=figsize)
     draw(ax)
     fig.tight_layout()
     path = Path(path)
