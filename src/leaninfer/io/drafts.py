@@ -18,7 +18,7 @@ from leaninfer.models.eagle import EagleConfig, EagleDraft
 from leaninfer.models.heads import DraftHeads, HeadsConfig
 from leaninfer.paths import cache_dir
 
-KINDS = ("eagle", "medusa", "hydra", "draft-lm")
+KINDS = ("eagle", "medusa", "hydra", "draft-lm", "mirror")
 
 
 class DraftNotFoundError(FileNotFoundError):
@@ -47,6 +47,10 @@ def build_draft(kind: str, config: dict) -> nn.Module:
         from leaninfer.models.draft_lm import build_draft_lm
 
         return build_draft_lm(config)
+    if kind == "mirror":  # the speculative-streaming draft Mirror-SD rolls out with
+        from leaninfer.models.stream_draft import build_stream_draft
+
+        return build_stream_draft(config)
     raise ValueError(f"unknown draft kind {kind!r}")
 
 
