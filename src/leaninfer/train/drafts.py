@@ -24,13 +24,22 @@ from leaninfer.models.draft_lm import init_draft_lm
 from leaninfer.models.eagle import EagleConfig, EagleDraft
 from leaninfer.models.heads import DraftHeads, HeadsConfig
 from leaninfer.train.distill import load_distill_set
-from leaninfer.train.draft_losses import Batch, chain_tau, collate, draft_lm_loss, eagle_loss, hydra_loss, medusa_loss
+from leaninfer.train.draft_losses import (
+    Batch,
+    chain_tau,
+    collate,
+    draft_lm_loss,
+    eagle_loss,
+    hydra_loss,
+    medusa_loss,
+    stream_loss,
+)
 from leaninfer.train.vocab import DraftVocab
 
 log = logging.getLogger(__name__)
 
 
-KINDS = ("eagle", "medusa", "hydra", "draft-lm")
+KINDS = ("eagle", "medusa", "hydra", "draft-lm", "mirror")
 
 
 @dataclass
@@ -46,6 +55,9 @@ class DraftTrainConfig:
     draft_vocab: int = 16384
     feature_layers: tuple[int, ...] = (2, 9, 15)  # EAGLE fuses these target layer outputs
     lm_layers: tuple[int, ...] = (0, 6, 11, 17)  # target layers a draft LM starts from
+    n_streams: int = 3  # mirror: speculative streams (one forward drafts 1 + n_streams tokens)
+    stream_layers: int = 2  # mirror: top draft layers with multi-stream attention
+    init_from: str | None = None  # mirror: a trained draft-lm folder to start from (else the target's layers)
     heldout: int = 24  # examples kept out for the offline τ curve
     eval_every: int = 50
     eval_depth: int = 5
@@ -66,6 +78,10 @@ def init_draft(kind: str, target, vocab: DraftVocab, cfg: DraftTrainConfig, n_la
     tc = target.cfg
     if kind == "draft-lm":
         return init_draft_lm(target, vocab.d2t, [i for i in cfg.lm_layers if i < tc.n_layers])
+    if kind == "mirror":
+        from leaninfer.models.stream_draft import init_stream_draft
+
+        return init_stream_draft(_base_lm(target, vocab, cfg), cfg.n_streams, cfg.stream_layers, cfg.seed)
     rows = target.embed.weight.detach()[vocab.d2t].float()  # (Vd, d) tied output rows
     norm_w = target.norm.weight.detach().float() + target.norm.offset
     if kind == "eagle":
@@ -79,6 +95,24 @@ def init_draft(kind: str, target, vocab: DraftVocab, cfg: DraftTrainConfig, n_la
     module.head.weight.data.copy_(rows)
     module.d2t.copy_(vocab.d2t)
     return module
+
+
+def _base_lm(target, vocab: DraftVocab, cfg: DraftTrainConfig):
+    """The draft LM a streaming draft starts from: the trained one in `cfg.init_from` when it exists and speaks
+    the same draft vocabulary, else a fresh one made of the target's `lm_layers`."""
+    from leaninfer.io.drafts import DraftNotFoundError, load_draft
+
+    if cfg.init_from:
+        try:
+            kind, lm, _ = load_draft(Path(cfg.init_from))
+        except DraftNotFoundError:
+            log.warning("no trained draft LM in %s; starting from the target's layers", cfg.init_from)
+        else:
+            if kind == "draft-lm" and torch.equal(lm.d2t.cpu(), vocab.d2t.cpu()):
+                log.info("streaming draft starts from the trained draft LM in %s", cfg.init_from)
+                return lm.train()
+            log.warning("%s has another draft vocabulary; starting from the target's layers", cfg.init_from)
+    return init_draft_lm(target, vocab.d2t, [i for i in cfg.lm_layers if i < target.cfg.n_layers])
 
 
 def _batches(examples: list[dict], batch_tokens: int, rng: random.Random) -> list[list[int]]:
@@ -119,7 +153,7 @@ class DraftTrainer:
         torch.manual_seed(cfg.seed)
         self.module = init_draft(cfg.kind, target, self.vocab, cfg, target.cfg.n_layers)
         self.teacher = None
-        if cfg.kind == "draft-lm":  # the target's own distribution over the draft vocabulary
+        if cfg.kind in ("draft-lm", "mirror"):  # the target's own distribution over the draft vocabulary
             rows = target.head_weight().detach()[self.vocab.d2t].float()
             self.teacher = lambda h: torch.nn.functional.linear(target.norm(h.to(rows.dtype)), rows)
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -139,6 +173,8 @@ class DraftTrainer:
                 return medusa_loss(self.module, batch, t2d)
             if cfg.kind == "draft-lm":
                 return draft_lm_loss(self.module, self.teacher, batch, t2d, depth or cfg.ttt_steps)
+            if cfg.kind == "mirror":
+                return stream_loss(self.module, self.teacher, batch, t2d, depth or cfg.n_streams + 1)
             return hydra_loss(self.module, self.embed, batch, t2d)
 
     def evaluate(self) -> dict:
