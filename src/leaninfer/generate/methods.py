@@ -75,11 +75,16 @@ METHODS = {"ar": _ar, "ngram": _ngram, "ngram_tree": _ngram_tree, "sd": _sd, "ea
 
 
 def _mirror(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None, gamma: int = 4, kappa: int = 2,
-            exit_layer: int | None = None, workers: str = "threads"):
-    """Mirror-SD: early-exit candidates steer batched draft rollouts that overlap the target's suffix layers."""
+            exit_layer: int | None = None, workers: str = "threads", rollout: str = "eagle"):
+    """Mirror-SD: early-exit candidates steer batched draft rollouts that overlap the target's suffix layers.
+    rollout: "eagle" (the EAGLE feature draft, one forward per window token) or "stream" (the speculative-streaming
+    draft, `leaninfer draft train --kind mirror`: one forward per window, gamma <= 1 + its streams); a `draft`
+    passed in decides by its type."""
     from leaninfer.generate.mirror import decode_mirror
 
-    draft = draft if draft is not None else engine.draft("eagle")
+    if rollout not in ("eagle", "stream"):
+        raise ValueError(f"rollout must be 'eagle' or 'stream', got {rollout!r}")
+    draft = draft if draft is not None else engine.draft("mirror" if rollout == "stream" else "eagle")
     return decode_mirror(engine.model, draft, prompt, max_new_tokens, sampling, eos_ids, on_token, gamma=gamma,
                          kappa=kappa, exit_layer=exit_layer, workers=workers)
 
