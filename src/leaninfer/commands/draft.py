@@ -47,7 +47,7 @@ def draft_data(
 
 @draft_app.command("train")
 def draft_train(
-    kind: Annotated[str, typer.Option(help="eagle | medusa | hydra | draft-lm")] = "eagle",
+    kind: Annotated[str, typer.Option(help="eagle | medusa | hydra | draft-lm | mirror (streaming)")] = "eagle",
     target: Annotated[str, typer.Option(help="'default', a GGUF file or a model folder.")] = "default",
     data: Annotated[Optional[Path], typer.Option(help="Distillation set (default: the one `draft data` "
                                                  "builds with its defaults, built first if missing).")] = None,
@@ -60,6 +60,8 @@ def draft_train(
     n_heads: Annotated[int, typer.Option(min=1)] = 4,
     lm_layers: Annotated[Optional[str], typer.Option(help="draft-lm: comma-separated target layers it starts "
                                                      "from (default 0,6,11,17).")] = None,
+    n_streams: Annotated[int, typer.Option(min=1, help="mirror: speculative streams (1 + S tokens per forward).")] = 3,
+    stream_layers: Annotated[int, typer.Option(min=1, help="mirror: top layers with multi-stream attention.")] = 2,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the user cache, where "
                                                 "`leaninfer.load(...).draft(kind)` finds it).")] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint instead of resuming.")] = False,
@@ -74,9 +76,13 @@ def draft_train(
     from leaninfer.train.drafts import DraftTrainConfig, DraftTrainer
 
     extra = {"lm_layers": tuple(int(x) for x in lm_layers.split(","))} if lm_layers else {}
+    engine = leaninfer.load(target)
+    if kind == "mirror":  # the streaming draft starts from the trained draft LM when there is one
+        base = draft_dir(engine.source, "draft-lm")
+        extra.update(n_streams=n_streams, stream_layers=stream_layers,
+                     init_from=str(base) if (base / "weights.pt").exists() else None)
     cfg = DraftTrainConfig(kind=kind, minutes=minutes, max_steps=max_steps, lr=lr, batch_tokens=batch_tokens,
                            draft_vocab=draft_vocab, ttt_steps=ttt_steps, n_heads=n_heads, **extra)
-    engine = leaninfer.load(target)
     if data is None:
         data = _data_dir(engine, 480, 128, True)
         if not (data / "config.json").exists():
@@ -86,7 +92,7 @@ def draft_train(
     if fresh and (folder / "checkpoint.pt").exists():
         (folder / "checkpoint.pt").unlink()
     # a draft LM copies target layers, so it starts from the unquantised weights
-    model = leaninfer.load(target, precision="fp32").model if kind == "draft-lm" else engine.model
+    model = leaninfer.load(target, precision="fp32").model if kind in ("draft-lm", "mirror") else engine.model
     trainer = DraftTrainer(model, data, folder, cfg)
     resumed = trainer.resume()
     info = trainer.run()
