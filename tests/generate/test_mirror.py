@@ -188,3 +188,89 @@ def test_bench_report_from_rows(tmp_path):
                precision="int8")
     _, md, png = write_mirror_report(res, tmp_path / "mirror.json")
     assert "Latency model" in md.read_text() and png.exists()
+
+
+# --- speculative-streaming rollouts ------------------------------------------------------------------------------
+def _stream_draft(engine, vocab=None, n_streams=3, seed=0):
+    from leaninfer.models.draft_lm import init_draft_lm
+    from leaninfer.models.stream_draft import init_stream_draft
+
+    torch.manual_seed(seed)
+    d2t = torch.arange(engine.cfg.vocab_size) if vocab is None else vocab
+    return init_stream_draft(init_draft_lm(engine.model, d2t, [0, 2]), n_streams, 1, seed).eval()
+
+
+def test_rollout_block_mask():
+    from leaninfer.generate.mirror_stream import rollout_block
+
+    pos, mask = rollout_block(2, [0, 2, 1], 10)  # window w1 w2; candidates after p, after w2, after w1
+    assert pos.tolist() == [11, 12, 11, 13, 12]
+    assert mask.int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [1, 1, 0, 1, 0],
+                                   [1, 0, 0, 0, 1]]
+
+
+@pytest.mark.parametrize("gamma,kappa,exit_layer", [(4, 2, 1), (2, 1, 2), (1, 3, 1)])
+def test_stream_rollouts_greedy_equal_plain(engine, gamma, kappa, exit_layer):
+    draft = _stream_draft(engine, vocab=torch.randperm(96, generator=torch.Generator().manual_seed(1))[:40].sort()[0])
+    for p in PROMPTS:
+        out = engine.generate(p, max_new_tokens=24, eos=False, method="mirror", draft=draft, gamma=gamma,
+                              kappa=kappa, exit_layer=exit_layer, workers="serial")
+        assert out.token_ids == _plain(engine, p)
+
+
+def test_stream_rollouts_forced_hits_and_misses(engine, monkeypatch):
+    draft = _stream_draft(engine)
+    for p in PROMPTS:  # every correction is a candidate: every step reuses a precomputed branch
+        out = engine.generate(p, max_new_tokens=24, eos=False, method="mirror", draft=draft, gamma=3, kappa=96,
+                              workers="serial")
+        assert out.token_ids == _plain(engine, p)
+        assert out.stats["hits"] == out.stats["steps"] and out.stats["misses"] == 1
+    real = mirror.early_exit_signals
+    monkeypatch.setattr(mirror, "early_exit_signals",
+                        lambda *a: (torch.full_like(real(*a)[0], 95), real(*a)[1]))  # 95: never emitted below
+    for p in PROMPTS:
+        plain = _plain(engine, p)
+        assert 95 not in plain
+        out = engine.generate(p, max_new_tokens=24, eos=False, method="mirror", draft=draft, gamma=4,
+                              workers="serial")
+        assert out.token_ids == plain and out.stats["hits"] == 0
+
+
+def test_stream_rollout_is_one_forward_per_step(engine, monkeypatch):
+    """A branch's window comes from the main stream and the streams of its candidate, all in one draft forward."""
+    from leaninfer.models.stream_draft import StreamDraft
+
+    draft = _stream_draft(engine)
+    calls = []
+    real = StreamDraft.run
+    monkeypatch.setattr(StreamDraft, "run", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    out = decode_mirror(engine.model, draft, PROMPTS[0], 20, SamplingConfig(), set(), gamma=4, kappa=2,
+                        workers="serial")
+    # one rollout forward per step, one forward per re-draft (miss), one refresh forward after a hit
+    assert len(calls) <= out.extra["steps"] + out.extra["misses"] + out.extra["hits"]
+    with pytest.raises(ValueError):
+        decode_mirror(engine.model, draft, PROMPTS[0], 8, SamplingConfig(), set(), gamma=5)
+
+
+def test_stream_overlap_equals_serial_and_sampling_distribution(engine):
+    draft = _stream_draft(engine, seed=2)
+    samp = SamplingConfig(temperature=1.0, seed=7)
+    for p in PROMPTS[:2]:
+        a = decode_mirror(engine.model, draft, p, 20, SamplingConfig(), set(), workers="serial")
+        b = decode_mirror(engine.model, draft, p, 20, SamplingConfig(), set(), workers="threads")
+        assert a.tokens == b.tokens
+        a = decode_mirror(engine.model, draft, p, 20, samp, set(), kappa=4, workers="serial")
+        b = decode_mirror(engine.model, draft, p, 20, samp, set(), kappa=4, workers="threads")
+        assert a.tokens == b.tokens
+    cfg_fn = lambda s: SamplingConfig(temperature=1.0, top_k=2, seed=s)  # noqa: E731
+    prompt, n, runs = PROMPTS[2], 3, 400
+    exact = _exact_joint(engine.model, prompt, cfg_fn(0), n)
+    counts: dict[tuple, int] = {}
+    hits = 0
+    for s in range(runs):
+        out = decode_mirror(engine.model, draft, prompt, n, cfg_fn(s), set(), gamma=2, kappa=8, workers="serial")
+        counts[tuple(out.tokens)] = counts.get(tuple(out.tokens), 0) + 1
+        hits += out.extra["hits"]
+    assert hits > 0 and set(counts) <= set(exact)
+    tv = 0.5 * sum(abs(counts.get(k, 0) / runs - p) for k, p in exact.items())
+    assert tv < 0.1, tv

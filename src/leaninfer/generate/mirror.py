@@ -25,12 +25,14 @@ import torch.nn.functional as F
 
 from leaninfer.generate.loop import DecodeOut
 from leaninfer.generate.mirror_draft import Branch, MirrorDraft
+from leaninfer.generate.mirror_stream import StreamMirrorDraft
 from leaninfer.generate.sampling import SamplingConfig, logits_to_probs
 from leaninfer.generate.speculative import speculate
 from leaninfer.generate.verify import verify_greedy, verify_sampling
 from leaninfer.generate.workers import Workers
 from leaninfer.models.eagle import EagleDraft
 from leaninfer.models.quant import QuantLinear
+from leaninfer.models.stream_draft import StreamDraft
 from leaninfer.models.transformer import Decoder
 
 
@@ -78,9 +80,28 @@ def _draft_probs(q: torch.Tensor, d2t: torch.Tensor, vocab: int) -> torch.Tensor
     return full.index_copy_(1, d2t, q)
 
 
+def make_drafter(model: Decoder, draft: EagleDraft | StreamDraft, max_len: int, gamma: int,
+                 n_branch: int, sampling: SamplingConfig) -> MirrorDraft | StreamMirrorDraft:
+    """The draft side for `draft`: EAGLE-style feature rollouts (one draft forward per window token) or
+    speculative-streaming rollouts (one forward per window or rollout set, gamma <= 1 + n_streams)."""
+    if isinstance(draft, StreamDraft):
+        if gamma > 1 + draft.n_streams:
+            raise ValueError(f"a streaming draft with {draft.n_streams} streams drafts at most "
+                             f"{1 + draft.n_streams} tokens per forward; got gamma={gamma}")
+        return StreamMirrorDraft(draft, max_len + gamma + 1 + n_branch * (1 + draft.n_streams), sampling)
+    return MirrorDraft(draft, model.embed_tokens, max_len + n_branch * gamma, sampling)
+
+
+def _features(taps: tuple[int, ...], tapped: dict, n: int | None = None) -> torch.Tensor | None:
+    """(n, len(taps) * dim) target features for the draft, or None when it reads tokens only."""
+    if not taps:
+        return None
+    return torch.cat([tapped[t][0, :n] for t in taps], dim=-1)
+
+
 def decode_mirror(
     model: Decoder,
-    draft: EagleDraft,
+    draft: EagleDraft | StreamDraft,
     prompt: list[int],
     max_new_tokens: int,
     sampling: SamplingConfig,
@@ -91,8 +112,9 @@ def decode_mirror(
     exit_layer: int | None = None,
     workers: str | Workers = "threads",
 ) -> DecodeOut:
-    """Mirror-SD decoding with an EAGLE-style draft. gamma: window length; kappa: early-exit candidates per
-    position; exit_layer: l_e (default N // 2); workers: "serial", "threads" or a `Workers`.
+    """Mirror-SD decoding with an EAGLE-style or a speculative-streaming draft (`make_drafter`). gamma: window
+    length; kappa: early-exit candidates per position; exit_layer: l_e (default N // 2); workers: "serial",
+    "threads" or a `Workers`.
     Stats (in `.extra`): per-phase seconds (prefix_s, suffix_s, draft_refresh_s, draft_rollout_s, redraft_s,
     accept_s), exposed_draft_s (draft time on the critical path) and its fraction of all draft time, steps,
     hits, misses (serial re-drafts, the first window included), hit_rate, branches."""
@@ -102,12 +124,11 @@ def decode_mirror(
         raise ValueError(f"exit_layer must be in [1, {n_layers - 1}], got {le}")
     if gamma < 1 or kappa < 1:
         raise ValueError(f"gamma and kappa must be >= 1, got {gamma}, {kappa}")
-    taps = tuple(draft.cfg.feature_layers)
+    n_branch = kappa * (gamma + 1)
+    drafter = make_drafter(model, draft, len(prompt) + max_new_tokens + 2 * gamma + 8, gamma, n_branch, sampling)
+    taps = drafter.taps
     pre_taps, post_taps = tuple(t for t in taps if t <= le), tuple(t for t in taps if t > le)
     head, d2t = exit_head(model, draft.d2t), draft.d2t
-    n_branch = kappa * (gamma + 1)
-    drafter = MirrorDraft(draft, model.embed_tokens, len(prompt) + max_new_tokens + 2 * gamma + 8
-                          + n_branch * gamma, sampling)
     drafter.begin(prompt)
     pool = workers if isinstance(workers, Workers) else Workers(workers)
     timing = {k: 0.0 for k in ("prefix_s", "suffix_s", "draft_refresh_s", "draft_rollout_s", "exposed_draft_s",
@@ -116,7 +137,7 @@ def decode_mirror(
     state = {"window": None}
 
     def on_prefill(out, first):
-        drafter.observe(torch.cat([out.taps[n][0] for n in taps], dim=-1), prompt[1:] + [first])
+        drafter.observe(_features(taps, out.taps or {}), prompt[1:] + [first])
 
     def step(cache, context, pending, budget, gen):
         t0 = time.perf_counter()
@@ -149,7 +170,7 @@ def decode_mirror(
         cache.rollback(g - n)
         emitted = window.tokens[:n] + [nxt]
         tapped = {**(pre.taps or {}), **(out.taps or {})}
-        drafter.observe(torch.cat([tapped[t][0, : n + 1] for t in taps], dim=-1), emitted)
+        drafter.observe(_features(taps, tapped, n + 1), emitted)
         hit = find_branch(branches, window.tokens[:n], nxt)
         state["window"] = hit.window if hit is not None else None
         t3 = time.perf_counter()

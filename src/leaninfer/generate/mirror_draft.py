@@ -36,6 +36,19 @@ class Branch:
     window: Window  # the g-token rollout after the candidate
 
 
+def branch_heads(window: list[int], candidates: list[list[int]]) -> list[tuple[int, int]]:
+    """(depth j, candidate c) pairs to roll out: row j of `candidates` holds the early-exit ids for the token
+    after w_j (w_0 = pending); a candidate equal to the window's own token there, or repeated, is skipped (a
+    correction never equals the rejected draft token)."""
+    heads: list[tuple[int, int]] = []
+    for j, row in enumerate(candidates):
+        for c in row:
+            if (j < len(window) and c == window[j]) or (j, c) in heads:
+                continue
+            heads.append((j, c))
+    return heads
+
+
 class MirrorDraft:
     """Drafts windows and branch rollouts for `decode_mirror`. embed: the target's token embedding
     (ids (1, T) -> (1, T, d)); max_len: draft cache slots (context + window + rollouts)."""
@@ -128,12 +141,7 @@ class MirrorDraft:
         window's g + 1 positions (row j: the token after w_j, w_0 = pending). Candidates equal to the window's own
         token are skipped (a correction never equals the rejected draft token)."""
         g = len(window.tokens)
-        heads: list[tuple[int, int]] = []
-        for j, row in enumerate(candidates.tolist()):
-            for c in row:
-                if (j < g and c == window.tokens[j]) or (j, c) in heads:
-                    continue
-                heads.append((j, c))
+        heads = branch_heads(window.tokens, candidates.tolist())
         if not heads or self.states is None:
             return []
         device, B, base = self.states.device, len(heads), self.ctx + g
