@@ -34,27 +34,46 @@ def decode_ar(
     gen = make_generator(sampling.seed, device)
     cache = model.new_cache(1, len(prompt) + max_new_tokens)
     t0 = time.perf_counter()
-    out: list[int] = []
-    reason = "length"
     with torch.inference_mode():
         logits = model(torch.tensor([prompt], device=device), cache=cache, last_only=True).logits[:, -1]
-        forwards = 1
-        ttft = 0.0
-        for i in range(max_new_tokens):
-            tok = int(next_token(logits, sampling, gen)[0])
-            if i == 0:
-                ttft = time.perf_counter() - t0
-            out.append(tok)
-            if tok in eos_ids:
-                reason = "eos"
-                break
-            if on_token is not None and on_token(tok):
-                reason = "stop"
-                break
-            if i + 1 == max_new_tokens:
-                break
-            logits = model(torch.tensor([[tok]], device=device), cache=cache, last_only=True).logits[:, -1]
-            forwards += 1
+
+        def step(tok: int) -> torch.Tensor:
+            return model(torch.tensor([[tok]], device=device), cache=cache, last_only=True).logits[:, -1]
+
+        return emit_tokens(logits, step, max_new_tokens, sampling, gen, eos_ids, on_token, t0)
+
+
+def emit_tokens(
+    logits: torch.Tensor,
+    step: Callable[[int], torch.Tensor],
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    gen: torch.Generator | None,
+    eos_ids: set[int],
+    on_token: Callable[[int], bool] | None = None,
+    t0: float | None = None,
+) -> DecodeOut:
+    """The emit loop of one-token-per-forward decoders: pick a token from `logits` (1, V), stop on EOS, on
+    `on_token(t)` returning True, or at `max_new_tokens`; otherwise `logits = step(t)`. `logits` comes from the
+    caller's prefill (counted as one forward); TTFT is measured from `t0` (default: now)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    out: list[int] = []
+    reason, ttft, forwards = "length", 0.0, 1
+    for i in range(max_new_tokens):
+        tok = int(next_token(logits, sampling, gen)[0])
+        if i == 0:
+            ttft = time.perf_counter() - t0
+        out.append(tok)
+        if tok in eos_ids:
+            reason = "eos"
+            break
+        if on_token is not None and on_token(tok):
+            reason = "stop"
+            break
+        if i + 1 == max_new_tokens:
+            break
+        logits = step(tok)
+        forwards += 1
     return DecodeOut(out, forwards, ttft, reason)
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from leaninfer.generate.loop import DecodeOut
-from leaninfer.generate.sampling import SamplingConfig, make_generator, next_token
+from leaninfer.generate.loop import DecodeOut, emit_tokens
+from leaninfer.generate.sampling import SamplingConfig, make_generator
 from leaninfer.models.moe import Routing
 from leaninfer.models.transformer import Decoder
 from leaninfer.moe.roe import RoEConfig, average_logprobs, roe_forward
@@ -56,28 +56,15 @@ def decode_moe(
         noise_gen.manual_seed(roe.seed if roe.seed is not None else int(torch.seed() % 2**31))
     cache = model.new_cache(1, len(prompt) + max_new_tokens)
     t0 = time.perf_counter()
-    out: list[int] = []
-    reason, ttft = "length", 0.0
     with torch.inference_mode():
         if len(prompt) > 1:
             model(torch.tensor([prompt[:-1]], device=device), cache=cache, logits=False,
                   routing=Routing(top_k=top_k))
         logits = _step(model, torch.tensor([[prompt[-1]]], device=device), cache, top_k, roe, noise_gen)
-        forwards = 1
-        for i in range(max_new_tokens):
-            tok = int(next_token(logits, sampling, gen)[0])
-            if i == 0:
-                ttft = time.perf_counter() - t0
-            out.append(tok)
-            if tok in eos_ids:
-                reason = "eos"
-                break
-            if on_token is not None and on_token(tok):
-                reason = "stop"
-                break
-            if i + 1 == max_new_tokens:
-                break
-            logits = _step(model, torch.tensor([[tok]], device=device), cache, top_k, roe, noise_gen)
-            forwards += 1
-    extra = {"moe_k": top_k or model.cfg.top_k, "roe_n": roe.n if roe else 1}
-    return DecodeOut(out, forwards, ttft, reason, extra)
+
+        def step(tok: int) -> torch.Tensor:
+            return _step(model, torch.tensor([[tok]], device=device), cache, top_k, roe, noise_gen)
+
+        out = emit_tokens(logits, step, max_new_tokens, sampling, gen, eos_ids, on_token, t0)
+    out.extra = {"moe_k": top_k or model.cfg.top_k, "roe_n": roe.n if roe else 1}
+    return out
