@@ -26,8 +26,11 @@ def moe_build(
     name: Annotated[str, typer.Option(help="Name of the MoE in the user cache.")] = "gemma3-moe",
     experts: Annotated[int, typer.Option(min=2, help="Experts per layer.")] = 16,
     k: Annotated[int, typer.Option(min=1, help="Native experts per token.")] = 8,
-    train_steps: Annotated[int, typer.Option(min=1)] = 20,
-    max_minutes: Annotated[float, typer.Option(min=1.0)] = 60.0,
+    train_steps: Annotated[Optional[int], typer.Option(min=1, help="Most distillation steps (the time budget may "
+                                                                  "end training first).")] = None,
+    max_minutes: Annotated[float, typer.Option(min=1.0, help="Budget of this run, set-up included.")] = 60.0,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate of the experts.")] = None,
+    router_lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate of the routers.")] = None,
     quick: Annotated[bool, typer.Option(help="A tiny smoke build (minutes).")] = False,
     force: Annotated[bool, typer.Option(help="Rebuild even when a finished build exists.")] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
@@ -38,7 +41,9 @@ def moe_build(
     logging.basicConfig(level=logging.INFO)
     try:
         cfg = (BuildConfig.quick() if quick else
-               BuildConfig(name=name, n_experts=experts, top_k=k, train_steps=train_steps, max_minutes=max_minutes))
+               BuildConfig(name=name, n_experts=experts, top_k=k, max_minutes=max_minutes,
+                           **{key: v for key, v in (("train_steps", train_steps), ("lr", lr), ("router_lr", router_lr))
+                              if v is not None}))
         out = build_moe(cfg, force=force)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e

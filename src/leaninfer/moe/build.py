@@ -6,7 +6,9 @@ Stages (each resumable; the work folder is `cache_dir("moe", name, "work")`):
 2. moefy: per layer, balanced co-activation clustering of the 2048 neurons into `n_experts` experts, a router
    fitted to the experts' output norms, then router + experts fitted to the dense outputs (`moe.moefy`);
 3. train: end-to-end distillation from the dense model (KL to its next-token distribution) of the MoE
-   layers only, at the native top-k, for `train_steps` chunks of `seq_len` tokens;
+   layers only, at the native top-k, for at most `train_steps` chunks of `seq_len` tokens and at most the time
+   budget (`max_minutes` minus this run's set-up time); the learning rate decays (cosine) over whichever of
+   the two ends first, so a run stopped by the budget ends annealed;
 4. save: a model folder (leaninfer.json, model.safetensors, tokenizer.json, build.json) that
    `leaninfer.load(path)` reads like any other.
 """
@@ -47,7 +49,7 @@ class BuildConfig:
     cluster_tokens: int = 1024
     router_steps: int = 150
     fit_steps: int = 60
-    train_steps: int = 20
+    train_steps: int = 2000
     lr: float = 5e-5
     router_lr: float = 5e-4
     max_minutes: float = 60.0
@@ -144,7 +146,8 @@ def build_moe(cfg: BuildConfig, force: bool = False) -> Path:
     model = _moe_model(dense_state, dense_cfg, cfg, ffn)
     init_s = time.perf_counter() - t0
     budget = cfg.max_minutes - init_s / 60
-    tcfg = TrainConfig(steps=cfg.train_steps, lr=cfg.lr, router_lr=cfg.router_lr, loss="kd", max_minutes=budget)
+    tcfg = TrainConfig(steps=cfg.train_steps, lr=cfg.lr, router_lr=cfg.router_lr, loss="kd", max_minutes=budget,
+                       time_decay=True)
     native = Routing(top_k=cfg.top_k)
     result = train_moe(model, chunks, tcfg, lambda step: native, work / "train.pt", teacher=dense)
     save_model(model, src, out, {
