@@ -14,6 +14,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from leaninfer.bench.moe_report import write_moe_report  # noqa: F401  (re-exported: the CLI and tests use it)
 from leaninfer.bench.report import machine_info, peak_rss_mb
 from leaninfer.engine import load
 from leaninfer.eval.choice import agreement
@@ -40,6 +41,7 @@ class MoEBenchConfig:
     speed_tokens: int = 32
     speed_repeats: int = 2
     tolerance: float = 0.01
+    note: str = ""  # free text for the report, e.g. what else ran on the machine during the run
 
     @classmethod
     def quick(cls) -> MoEBenchConfig:
@@ -89,10 +91,32 @@ def run_moe_bench(cfg: MoEBenchConfig) -> dict:
         "models": {"base": str(base_dir), "phds": str(phds_dir), "oracles": {str(k): str(v) for k, v in
                                                                              oracle_dirs.items()}},
         "build": _read_json(base_dir / "build.json"),
+        "training": training_summary(base_dir, phds_dir, oracle_dirs),
     }
     result["headline"] = headline(result, ks)
     result["targets"] = targets(result, ks, cfg.tolerance)
     return result
+
+
+def _train_row(meta: dict, seq_len: int) -> dict:
+    t = meta.get("train", {})
+    losses = t.get("losses", [])
+    return {"steps": t.get("steps_done"), "tokens": t.get("tokens", (t.get("steps_done") or 0) * seq_len),
+            "cpu_minutes": t["seconds"] / 60 if t.get("clock") == "cpu" else None,
+            "wall_minutes": t.get("wall_seconds", t.get("seconds", 0.0)) / 60, "complete": t.get("complete"),
+            "first_loss": losses[0] if losses else None,
+            "last10_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+            "k_draws": meta.get("k_draws")}
+
+
+def training_summary(base_dir: Path, phds_dir: Path, oracle_dirs: dict[int, Path]) -> dict:
+    """Steps, tokens, CPU / wall minutes and losses of the build and of every SFT run (from their metadata)."""
+    build = _read_json(base_dir / "build.json")
+    out = {"build": _train_row(build, build.get("config", {}).get("seq_len", 0))}
+    for name, d in {"phds": phds_dir, **{f"oracle{k}": v for k, v in oracle_dirs.items()}}.items():
+        meta = _read_json(d / "sft.json")
+        out[name] = _train_row(meta, meta.get("config", {}).get("seq_len", 0))
+    return out
 
 
 def _read_json(path: Path) -> dict:
@@ -136,8 +160,11 @@ def _speed_stage(phds_dir: Path, dense_dir: Path, cfg: MoEBenchConfig, roe: dict
 def _measure_speed(phds_dir: Path, dense_dir: Path, cfg: MoEBenchConfig, roe: dict) -> dict:
     """Median TPOT per setting at the default precision (int8); settings are interleaved prompt by prompt and
     repeat by repeat, so load changes on a shared machine hit every setting alike."""
+    import os
+
     from leaninfer.bench.report import median
 
+    load_before = os.getloadavg()
     dense, engine = load(dense_dir), load(phds_dir)
     roe_cfg = RoEConfig(roe["n"], roe["tau"], roe["clean_layers"], 0)
     settings = {"dense": (dense, {})} | {str(k): (engine, {"moe_k": k}) for k in sorted(cfg.ks)}
@@ -152,6 +179,7 @@ def _measure_speed(phds_dir: Path, dense_dir: Path, cfg: MoEBenchConfig, roe: di
     kv = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4  # bytes per cached token (fp32), one sequence
     out = {name: {"ms_per_token": median(t), "runs": len(t), "kv_bytes_per_token": kv} for name, t in times.items()}
     out["precision"] = engine.precision
+    out["loadavg_before"], out["loadavg_after"] = list(load_before), list(os.getloadavg())
     return out
 
 
@@ -187,103 +215,3 @@ def targets(r: dict, ks: list[int], tol: float) -> dict:
         "roe_beats_plain_ppl": h["roe_ppl"] < h["plain_ppl_same_k"],
         "roe_beats_plain_acc": h["roe_acc"] > h["plain_acc_same_k"],
     }
-
-
-def write_moe_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
-    from leaninfer.bench.report import markdown_table, write_json, write_markdown, write_plot
-
-    json_path = write_json(Path(json_path), result)
-    h, ks = result["headline"], sorted(int(k) for k in result["base"])
-    dense = result["dense"]
-    rows = [[k, h[str(k)]["base_ppl"], h[str(k)]["phds_ppl"], h[str(k)]["oracle_ppl"],
-             result["base"][str(k)]["acc"] * 100, h[str(k)]["phds_acc"] * 100, h[str(k)]["oracle_acc"] * 100,
-             h[str(k)]["ms_per_token"]] for k in ks]
-    rows.append(["dense", dense["ppl"], "", "", dense["acc"] * 100, "", "", result["speed"]["dense"]["ms_per_token"]])
-    dial = markdown_table(["k", "base ppl", "PHDS ppl", "oracle-k ppl", "base acc %", "PHDS acc %",
-                           "oracle-k acc %", "ms/token (PHDS, int8)"], rows)
-    ag = result["agreement"]
-    agree = markdown_table(["pair (k_a-k_b)", "PHDS (one checkpoint)", "oracle pair", "base"],
-                           [[p, ag["phds"][p] * 100, ag["oracle"][p] * 100, ag["base"][p] * 100] for p in ag["phds"]])
-    roe = result["roe"]
-    trials = markdown_table(["tau", "clean layers", "n", "val ppl"],
-                            [[t["tau"], t["clean_layers"], t["n"], t["val_ppl"]] for t in roe["tuning"]["trials"]],
-                            digits=3)
-    sp = result["speed"]
-    rk = str(roe["k"])
-    roe_table = markdown_table(
-        ["setting", "test ppl", "acc %", "ms/token", "KV bytes/token"],
-        [[f"plain k={k}", h[str(k)]["phds_ppl"], h[str(k)]["phds_acc"] * 100, sp[str(k)]["ms_per_token"],
-          sp[str(k)]["kv_bytes_per_token"]] for k in ks]
-        + [[f"RoE k={rk} n={roe['config']['n']}", roe["test"]["ppl"], roe["test"]["acc"] * 100,
-            sp["roe"]["ms_per_token"], sp["roe"]["kv_bytes_per_token"]]])
-    t = result["targets"]
-    build = result.get("build", {})
-    md = write_markdown(json_path.with_suffix(".md"), "MoE: dial k (PHDS) and Roster of Experts", [
-        ("Setup", _setup_text(result, build)),
-        ("Dialling k: base vs PHDS vs oracle-k (held-out test)", dial),
-        ("Cross-sparsity agreement (% of MC items with the same answer)", agree),
-        ("RoE tuning on validation (grid)", f"plain val ppl at k={rk}: {roe['tuning']['plain_val_ppl']:.3f}\n\n"
-         + trials),
-        ("RoE vs plain decoding (PHDS checkpoint)", roe_table + "\n\n" + _roe_text(h)),
-        ("Targets", "\n".join(f"- {k}: {v}" for k, v in t.items())),
-        ("Headline", "```\n" + __import__("json").dumps(h, indent=1) + "\n```"),
-    ])
-
-    def draw(ax):
-        fig = ax.figure
-        ax.remove()
-        ax1, ax2 = fig.subplots(1, 2)
-        for name, key in (("base", "base_ppl"), ("PHDS", "phds_ppl"), ("oracle-k", "oracle_ppl")):
-            ax1.plot(ks, [h[str(k)][key] for k in ks], marker="o", label=name)
-        ax1.axhline(dense["ppl"], color="grey", ls="--", label="dense")
-        ax1.scatter([roe["k"]], [roe["test"]["ppl"]], marker="*", s=150, color="red",
-                    label=f"RoE n={roe['config']['n']}")
-        ax1.set_xlabel("experts per token k")
-        ax1.set_ylabel("held-out perplexity")
-        ax1.legend()
-        ax2.plot([sp[str(k)]["ms_per_token"] for k in ks], [h[str(k)]["phds_acc"] * 100 for k in ks], marker="o",
-                 label="PHDS (one checkpoint)")
-        for k in ks:
-            ax2.annotate(f"k={k}", (sp[str(k)]["ms_per_token"], h[str(k)]["phds_acc"] * 100))
-        ax2.scatter([sp["roe"]["ms_per_token"]], [roe["test"]["acc"] * 100], marker="*", s=150, color="red",
-                    label="RoE")
-        ax2.set_xlabel("decode ms/token (int8)")
-        ax2.set_ylabel("MC accuracy %")
-        ax2.legend()
-
-    return json_path, md, write_plot(json_path.with_suffix(".png"), draw, figsize=(11, 4))
-
-
-def _setup_text(r: dict, build: dict) -> str:
-    c = r["config"]
-    b = c["build"]
-    lines = [
-        f"- MoE: Gemma 3 270M FFNs (2048 neurons) split into {b['n_experts']} experts of "
-        f"{2048 // b['n_experts']} neurons, native "
-        f"top-{b['top_k']}, no renormalisation (OLMoE convention); `leaninfer moe build` "
-        f"(train steps {b['train_steps']} x {b['seq_len']} tokens, distillation from the dense model).",
-        f"- SFT (PHDS and each oracle-k): {c['sft']['steps']} steps x {c['sft']['seq_len']} tokens, LM loss, same "
-        f"data order; PHDS k_set {c['sft']['k_set']} -> anchor {c['sft']['anchor_k']} from "
-        f"{c['sft']['anchor_start']:.0%} over {c['sft']['ramp']:.0%} of training, eps {c['sft']['eps']}.",
-        f"- Test: Spec-Bench long passages (test split), perplexity over the first {c['test']['ppl_len']} tokens of "
-        f"each; MC: {len(r['dense']['preds'])} items, {c['test']['n_choices']} choices, context "
-        f"{c['test']['ctx_len']} / continuation {c['test']['cont_len']} tokens.",
-        f"- Dense model: test ppl {r['dense']['ppl']:.3f}, MC acc {r['dense']['acc'] * 100:.1f}%.",
-    ]
-    if build.get("train"):
-        lines.append(f"- Build: {build['train']['steps_done']} distillation steps in {build['seconds_train'] / 60:.1f}"
-                     f" min of training (plus collection / clustering / layer fits).")
-    m = r["machine"]
-    lines.append(f"- Machine: {m.get('processor', '')}, {m.get('cores')} cores, shared with other "
-                 "jobs during the run (quality numbers do not depend on load; ms/token: settings interleaved per "
-                 "prompt and repeat, run through the shared slot, see docs/moe.md).")
-    return "\n".join(lines)
-
-
-def _roe_text(h: dict) -> str:
-    m = h["roe_matches_plain_k"]
-    return (f"RoE ppl {h['roe_ppl']:.3f} vs plain {h['plain_ppl_same_k']:.3f} at the same k; MC acc "
-            f"{h['roe_acc'] * 100:.1f}% vs {h['plain_acc_same_k'] * 100:.1f}%. Decode cost {h['roe_cost_ratio']:.2f}x "
-            f"plain at the same k; the clean cache keeps KV memory at one sequence. "
-            + (f"Largest plain k whose perplexity RoE reaches: {m}." if m else "RoE does not reach plain ppl at "
-               "any dialled k."))

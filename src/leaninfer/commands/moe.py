@@ -55,10 +55,13 @@ def moe_build(
 @moe_app.command("phds")
 def moe_phds(
     base: Annotated[str, typer.Option(help="A built MoE name or model folder.")] = "gemma3-moe",
-    steps: Annotated[int, typer.Option(min=1)] = 24,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="SFT steps (default: SFTConfig.steps).")] = None,
     k_set: Annotated[Optional[list[int]], typer.Option("--k", help="k values to train (repeatable).")] = None,
     anchor_k: Annotated[Optional[int], typer.Option(help="Low k the curriculum anchors at.")] = 4,
     oracles: Annotated[bool, typer.Option(help="Also run the fixed-k oracle SFT at every k (same budget).")] = False,
+    oracle_k: Annotated[Optional[list[int]], typer.Option("--oracle-k", help="Run the oracle SFT at this k "
+                                                          "(repeatable); with --no-phds only these.")] = None,
+    phds: Annotated[bool, typer.Option(help="Run the PHDS SFT.")] = True,
     max_minutes: Annotated[Optional[float], typer.Option()] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -67,10 +70,11 @@ def moe_phds(
 
     logging.basicConfig(level=logging.INFO)
     try:
-        cfg = SFTConfig(base=base, steps=steps, k_set=k_set or [4, 6, 8], anchor_k=anchor_k, max_minutes=max_minutes)
-        out = {"phds": str(run_sft(cfg))}
-        if oracles:
-            out.update({f"oracle{k}": str(run_sft(cfg, oracle_k=k)) for k in cfg.k_set})
+        cfg = SFTConfig(base=base, k_set=k_set or [4, 6, 8], anchor_k=anchor_k, max_minutes=max_minutes,
+                        **({"steps": steps} if steps else {}))
+        out = {"phds": str(run_sft(cfg))} if phds else {}
+        ks = sorted(set((cfg.k_set if oracles else []) + (oracle_k or [])))
+        out.update({f"oracle{k}": str(run_sft(cfg, oracle_k=k)) for k in ks})
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise typer.BadParameter(str(e)) from e
     _emit(out, json_out)
@@ -114,12 +118,14 @@ def bench_moe(
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
         "reports/moe.json"),
     quick: Annotated[bool, typer.Option(help="Tiny build, 2 SFT steps, few passages: a smoke run.")] = False,
+    note: Annotated[str, typer.Option(help="Free text for the report (e.g. what else ran meanwhile).")] = "",
 ) -> None:
     """Dial k (base / PHDS / oracle-k), cross-sparsity agreement, RoE vs plain: tables and plot in reports/."""
     from leaninfer.bench.moe import MoEBenchConfig, run_moe_bench, write_moe_report
 
     logging.basicConfig(level=logging.INFO)
     cfg = MoEBenchConfig.quick() if quick else MoEBenchConfig()
+    cfg.note = note
     paths = write_moe_report(run_moe_bench(cfg), json_path)
     print(paths[1].read_text())
 
