@@ -144,13 +144,28 @@ def _summarise(per: dict[str, list[dict]]) -> dict:
 
 
 def _step_table(result: dict) -> str:
+    """Where a step's time goes, and the τ each method needs at its measured step cost: a step of `total` ms
+    emitting τ tokens beats plain decoding (`plain` ms per token) by τ · plain / total."""
     st = result.get("step_time", {})
     plain = st.get("ar", {}).get("step_ms")
-    rows = [[m, v["draft_ms"], v["verify_ms"], v["other_ms"], v["draft_ms"] + v["verify_ms"] + v["other_ms"]]
-            for m, v in st.items() if m != "ar"]
-    note = (f"\n\nPlain decoding: {plain:.1f} ms per step." if plain else "")
+    rows = []
+    for m, v in st.items():
+        if m == "ar":
+            continue
+        total = v["draft_ms"] + v["verify_ms"] + v["other_ms"]
+        need = [total / plain, 1.8 * total / plain] if plain else ["", ""]
+        rows.append([m, v["draft_ms"], v["verify_ms"], v["other_ms"], total, *need])
+    note = (f"\n\nPlain decoding: {plain:.1f} ms per step. τ needed = step total / plain step (× 1.8 for the "
+            "1.8× target): the acceptance a method must reach at its own measured step cost." if plain else "")
     skipped = "".join(f"\n\nSkipped {m}: {why}" for m, why in result.get("skipped", {}).items())
-    return markdown_table(["method", "draft", "verify (target forward)", "bookkeeping", "total"], rows) + note + skipped
+    head = ["method", "draft", "verify (target forward)", "bookkeeping", "total", "τ for 1.0×", "τ for 1.8×"]
+    return markdown_table(head, rows) + note + skipped
+
+
+def category_table(table: dict, cats: list[str]) -> str:
+    """Markdown table of speedup / τ per method (rows) and category (columns) from `_summarise`'s table."""
+    return markdown_table(["method"] + cats, [
+        [m] + [f"{t[c]['speedup']:.2f}× / τ {t[c]['tau']:.2f}" for c in cats] for m, t in table.items()])
 
 
 def write_spec_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
@@ -160,8 +175,7 @@ def write_spec_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
         [m, t["overall"]["tokens_per_s"], t["overall"]["speedup"], t["overall"]["tau"],
          "yes" if t["overall"]["lossless"] else f"no ({t['overall']['mismatches']} mismatches)"]
         for m, t in table.items()])
-    by_cat = markdown_table(["method"] + cats, [
-        [m] + [f"{t[c]['speedup']:.2f}× / τ {t[c]['tau']:.2f}" for c in cats] for m, t in table.items()])
+    by_cat = category_table(table, cats)
     c = result["config"]
     md = write_markdown(json_path.with_suffix(".md"), "Spec-Bench: speculative decoding on the default model", [
         ("Overall", overall), ("Per category (speedup / τ)", by_cat),
@@ -169,7 +183,8 @@ def write_spec_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
         ("Method", f"First turn of {c['per_category'] or 'every'} question(s) per category, greedy, "
                    f"{c['max_new_tokens']} new tokens max, precision {result['precision']}, all methods in one run "
                    "on the same machine; τ = new tokens per target forward after prefill (plain = 1.00)."),
-        ("Reproduce", f"`leaninfer bench spec --json {json_path}`"),
+        ("Reproduce", "`leaninfer bench spec " + "".join(f"--methods '{m}' " for m in c["methods"])
+         + f"--max-new-tokens {c['max_new_tokens']} --per-category {c['per_category']} --json {json_path}`"),
     ])
 
     def draw(ax):
