@@ -121,42 +121,64 @@ def draft_lm_loss(model, teacher, batch: Batch, t2d: torch.Tensor, depths: int):
     return loss, torch.stack([p[1] for p in parts], dim=-1), parts[0][2]
 
 
-def stream_loss(model, teacher, batch: Batch, t2d: torch.Tensor, depths: int, decay: float = 0.8):
-    """Future n-gram objective of a speculative-streaming draft (`models/stream_draft.py`), every position
-    carrying streams in one forward: the main stream is distilled like `draft_lm_loss` (soft cross-entropy to
-    the target's distribution); stream s at position t is trained with cross-entropy to token t + 1 + s of the
-    target's own greedy continuation, weighted decay**s. `correct` depth 0 is the main stream's guess at t + 1,
-    depth j <= S stream j's guess at t + 1 (what one streaming forward over the pending token drafts); deeper
-    depths are never correct."""
+def stream_loss(model, teacher, batch: Batch, t2d: torch.Tensor, depths: int, decay: float = 0.8,
+                rows: float = 1.0):
+    """Future n-gram objective of a speculative-streaming draft (`models/stream_draft.py`) in one forward: the
+    main stream is distilled like `draft_lm_loss` (soft cross-entropy to the target's distribution); stream s
+    at position t is trained with cross-entropy to token t + 1 + s of the target's own greedy continuation,
+    weighted decay**s. rows < 1 puts streams on that random fraction of the positions whose stream labels can
+    be continuation tokens (cheaper training steps). `correct` depth 0 is the main stream's guess at t + 1,
+    depth j <= S stream j's guess at t + 1 (what one streaming forward over the pending token drafts; only
+    positions carrying streams can be right); deeper depths are never correct."""
     B, L = batch.tokens.shape
     S = model.n_streams
-    pos = torch.where(torch.arange(L)[None] < batch.lens[:, None], torch.arange(L)[None], -1)  # (B, L)
-    main, streams = model.run(batch.tokens, pos, rows=torch.arange(L))  # (B, L, d), (B, L, S, d)
-    has_next = torch.arange(L)[None] < (batch.lens[:, None] - 1)
+    ar = torch.arange(L)
+    pos = torch.where(ar[None] < batch.lens[:, None], ar[None], -1)  # (B, L)
+    idx = _stream_rows(batch, S, rows)  # (R,)
+    main, streams = model.run(batch.tokens, pos, rows=idx)  # (B, L, d), (B, R, S, d)
+    has_next = ar[None] < (batch.lens[:, None] - 1)
     logits = model.logits(main[has_next]).float()
     with torch.no_grad():
         soft = torch.softmax(teacher(batch.feats[:, :, 0][has_next]).float(), -1)
     loss = -(soft * torch.log_softmax(logits, -1)).sum(-1).mean()
-    preds = [torch.full((B, L + 1), -2, dtype=torch.long)]  # per depth: guess made at each position
+    preds = [torch.full((B, L + 1), -2, dtype=torch.long)]  # per depth: the guess made at each position
     preds[0][:, :L][has_next] = logits.detach().argmax(-1)
+    lab_idx = idx[:, None] + 1 + torch.arange(1, S + 1)  # (R, S) stream s at row r guesses token r + 1 + s
+    inside = lab_idx[None] < batch.lens[:, None, None]
+    valid = inside & (lab_idx[None] >= batch.plens[:, None, None])  # (B, R, S)
+    target = batch.tokens.gather(1, lab_idx.clamp(max=L - 1).flatten()[None].expand(B, -1)).view(B, -1, S)
+    labels = t2d[target]
     for s in range(1, S + 1):
-        lab, valid, _ = _labels(batch, t2d, s - 1)  # label t + 1 + s for stream s at position t (t < L - 1)
-        lg = model.logits(streams[:, : L - 1, s - 1][valid]).float()  # (N, Vd)
-        lab = lab[valid]
+        ok = valid[..., s - 1]
+        lg = model.logits(streams[:, :, s - 1][ok]).float()  # (N, Vd)
+        lab = labels[..., s - 1][ok]
         train = lab >= 0
         if bool(train.any()):
             loss = loss + (decay**s) * F.cross_entropy(lg[train], lab[train])
-        pred = torch.full((B, L + 1), -2, dtype=torch.long)
-        pred[:, : L - 1][valid] = lg.detach().argmax(-1)
-        preds.append(pred)
+        pred = torch.full((B, idx.numel()), -2, dtype=torch.long)
+        pred[ok] = lg.detach().argmax(-1)
+        full = torch.full((B, L + 1), -2, dtype=torch.long)
+        full[:, idx] = pred
+        preds.append(full)
     cols, first_valid = [], None
     for j in range(depths):
-        lab, valid, _ = _labels(batch, t2d, j)  # label t + 2 + j, guessed at position t + 1
-        if first_valid is None:
-            first_valid = valid
+        lab, ok, _ = _labels(batch, t2d, j)  # label t + 2 + j, guessed at position t + 1
+        first_valid = ok if first_valid is None else first_valid
         guess = preds[j][:, 1:L] if j <= S else torch.full_like(lab, -2)
-        cols.append((guess == lab) & (lab >= 0) & valid)
+        cols.append((guess == lab) & (lab >= 0) & ok)
     return loss, torch.stack(cols, dim=-1), first_valid
+
+
+def _stream_rows(batch: Batch, n_streams: int, fraction: float) -> torch.Tensor:
+    """Positions that carry streams: all (fraction 1), or a random `fraction` of those whose stream labels can
+    be continuation tokens (sorted)."""
+    L = batch.tokens.shape[1]
+    if fraction >= 1.0:
+        return torch.arange(L)
+    lo = max(0, int(batch.plens.min()) - 1 - n_streams)
+    cand = torch.arange(lo, max(lo + 1, L - 2))
+    keep = max(1, int(round(fraction * cand.numel())))
+    return cand[torch.randperm(cand.numel())[:keep]].sort().values
 
 
 def _combine(parts, decay: float):

@@ -58,6 +58,7 @@ class DraftTrainConfig:
     n_streams: int = 3  # mirror: speculative streams (one forward drafts 1 + n_streams tokens)
     stream_layers: int = 2  # mirror: top draft layers with multi-stream attention
     init_from: str | None = None  # mirror: a trained draft-lm folder to start from (else the target's layers)
+    stream_rows: float = 0.25  # mirror: fraction of positions carrying streams in a training batch
     heldout: int = 24  # examples kept out for the offline τ curve
     eval_every: int = 50
     eval_depth: int = 5
@@ -81,7 +82,11 @@ def init_draft(kind: str, target, vocab: DraftVocab, cfg: DraftTrainConfig, n_la
     if kind == "mirror":
         from leaninfer.models.stream_draft import init_stream_draft
 
-        return init_stream_draft(_base_lm(target, vocab, cfg), cfg.n_streams, cfg.stream_layers, cfg.seed)
+        base, trained = _base_lm(target, vocab, cfg)
+        draft = init_stream_draft(base, cfg.n_streams, cfg.stream_layers, cfg.seed)
+        if trained:  # keep the trained LM's embeddings, lower layers and head; train the stream layers
+            draft.freeze_base()
+        return draft
     rows = target.embed.weight.detach()[vocab.d2t].float()  # (Vd, d) tied output rows
     norm_w = target.norm.weight.detach().float() + target.norm.offset
     if kind == "eagle":
@@ -110,9 +115,9 @@ def _base_lm(target, vocab: DraftVocab, cfg: DraftTrainConfig):
         else:
             if kind == "draft-lm" and torch.equal(lm.d2t.cpu(), vocab.d2t.cpu()):
                 log.info("streaming draft starts from the trained draft LM in %s", cfg.init_from)
-                return lm.train()
+                return lm.train(), True
             log.warning("%s has another draft vocabulary; starting from the target's layers", cfg.init_from)
-    return init_draft_lm(target, vocab.d2t, [i for i in cfg.lm_layers if i < target.cfg.n_layers])
+    return init_draft_lm(target, vocab.d2t, [i for i in cfg.lm_layers if i < target.cfg.n_layers]), False
 
 
 def _batches(examples: list[dict], batch_tokens: int, rng: random.Random) -> list[list[int]]:
@@ -174,7 +179,8 @@ class DraftTrainer:
             if cfg.kind == "draft-lm":
                 return draft_lm_loss(self.module, self.teacher, batch, t2d, depth or cfg.ttt_steps)
             if cfg.kind == "mirror":
-                return stream_loss(self.module, self.teacher, batch, t2d, depth or cfg.n_streams + 1)
+                return stream_loss(self.module, self.teacher, batch, t2d, depth or cfg.n_streams + 1,
+                                   rows=cfg.stream_rows if self.module.training else 1.0)
             return hydra_loss(self.module, self.embed, batch, t2d)
 
     def evaluate(self) -> dict:
