@@ -72,5 +72,12 @@ def test_starts_from_a_trained_draft_lm(setup, tmp_path):
     trained = lm.module.state_dict()
     for k, v in stream.module.lm.state_dict().items():
         assert torch.equal(v, trained[k]), k
+    learn = {n for n, p in stream.module.named_parameters() if p.requires_grad}
+    assert learn == {"streams"} | {n for n, _ in stream.module.named_parameters() if n.startswith("lm.body.layers.1.")}
+    batch = collate(stream.train[:4], stream.index)
+    stream.module.train()
+    loss, correct, valid = stream.loss(batch)  # streams on a quarter of the positions
+    loss.backward()
+    assert stream.module.streams.grad is not None and stream.module.lm.body.embed.weight.grad is None
     fresh = DraftTrainer(engine.model, data, tmp_path / "m2", dataclasses.replace(CFG, init_from=str(tmp_path / "no")))
     assert not torch.equal(fresh.module.lm.body.embed.weight, trained["body.embed.weight"])

@@ -105,6 +105,14 @@ class StreamDraft(nn.Module):
         """Main stream only: exactly the `DraftLM` forward (target-vocabulary logits)."""
         return self.lm(tokens, cache=cache, last_only=last_only)
 
+    def freeze_base(self) -> None:
+        """Train only the stream embeddings and the top `stream_layers` layers (the embeddings, lower layers,
+        final norm and head keep a trained draft LM's weights; lower layers then run without autograd)."""
+        split = self.cfg.lm.body.n_layers - self.cfg.stream_layers
+        for name, p in self.lm.named_parameters():
+            upper = name.startswith("body.layers.") and int(name.split(".")[2]) >= split
+            p.requires_grad_(upper)
+
     # --- multi-stream forward ---------------------------------------------------------------------
     def run(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
             block: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +147,7 @@ class StreamDraft(nn.Module):
                  layers=(split, body.cfg.n_layers), block_mask=mask2, logits=False).hidden  # (B, N + R*S, d)
         if cache is not None:
             cache.rollback(R * S)
-        return h[:, :N], h[:, N:].view(B, R, S, -1)
+        return h[:, :N], h[:, N:].reshape(B, R, S, h.shape[-1])
 
 
 def build_stream_draft(config: dict) -> StreamDraft:
