@@ -177,17 +177,24 @@ def test_bench_report_from_rows(tmp_path):
     rows = {"ar": [row("a", 0.9, 9), row("b", 0.9, 9)], "eagle": [row("a", 0.5, 5), row("b", 0.6, 5)],
             "mirror": [row("a", 0.45, 4, True), row("b", 0.5, 4, True)],
             "mirror_serial": [row("a", 0.55, 4, True), row("b", 0.6, 4, True, ident=False)],
+            "mirror_eagle": [row("a", 0.6, 4, True), row("b", 0.6, 4, True)],
+            "mirror_eagle_serial": [row("a", 0.7, 4, True), row("b", 0.7, 4, True)],
             "mirror kappa=4": [row("a", 0.4, 4, True), row("b", 0.4, 4, True)]}
     res = summarise(rows)
+    assert res["table"]["mirror"]["a"]["hit_rate"] == pytest.approx(2 / 3)  # per category too
+    assert set(res["latency_model"]["separate_draft_device"]) == {"mirror", "mirror_eagle"}
+    assert res["ablations"]["mirror kappa=4"]["speedup"] == pytest.approx(1.8 / 0.8)
     assert res["table"]["mirror"]["overall"]["speedup"] == pytest.approx(1.8 / 0.95)
     assert res["headline"]["mirror"]["hit_rate"] == pytest.approx(4 / 6)
     assert not res["headline"]["mirror_serial"]["lossless"]
     assert "mirror kappa=4" in res["ablations"] and "mirror kappa=4" not in res["table"]
     assert res["latency_model"]["mirror"]["predicted_step_ms"] > 0
-    res.update(config={"per_category": 1, "max_new_tokens": 9, "gamma": 3, "kappa": 2, "exit_layer": None},
-               precision="int8")
+    res.update(config={"per_category": 1, "max_new_tokens": 9, "gamma": 3, "kappa": 2, "exit_layer": None,
+                       "rollout": "stream", "compare_rollouts": ["eagle"]}, precision="int8")
     _, md, png = write_mirror_report(res, tmp_path / "mirror.json")
-    assert "Latency model" in md.read_text() and png.exists()
+    text = md.read_text()
+    assert "Latency model" in text and "mirror_eagle_serial" in text and "speculative-streaming" in text
+    assert png.exists()
 
 
 # --- speculative-streaming rollouts ------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """`leaninfer bench mirror`: Mirror-SD on Spec-Bench against plain decoding and the EAGLE draft, in one run:
 tokens/s, speedup, tau, lossless, hit rate and exposed draft time per category; the per-step time breakdown;
-the latency model's prediction checked against the measurement and extrapolated to a draft on its own device."""
+the latency model's prediction checked against the measurement and extrapolated to a draft on its own device.
+
+Mirror-SD runs with the primary rollout draft (`rollout`, labels `mirror` / `mirror_serial`) and with every
+rollout in `compare_rollouts` (labels `mirror_<rollout>` / `mirror_<rollout>_serial`): "stream" is the
+speculative-streaming draft (one forward per rollout), "eagle" the EAGLE feature draft (one per token)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from leaninfer.bench.report import machine_info, markdown_table, write_json, write_markdown, write_plot
+from leaninfer.bench.spec import _summarise, category_table
 from leaninfer.eval.specbench import format_prompt, load_questions
 from leaninfer.generate.latency import exposed_draft_s, from_stats, predict_speedup, predict_step_s
 
@@ -29,6 +34,8 @@ class MirrorBenchConfig:
     gamma: int = 3
     kappa: int = 2
     exit_layer: int | None = None
+    rollout: str = "stream"  # the primary rollout draft: "stream" (speculative streaming) or "eagle"
+    compare_rollouts: list[str] = field(default_factory=lambda: ["eagle"])
     baselines: list[str] = field(default_factory=lambda: ["eagle"])
     # one-factor-at-a-time ablations around (gamma, kappa, exit_layer), e.g. ["exit_layer=9", "kappa=4"]
     ablations: list[str] = field(default_factory=list)
@@ -36,6 +43,18 @@ class MirrorBenchConfig:
     def __post_init__(self) -> None:
         if self.per_category < 1 or self.max_new_tokens < 2:
             raise ValueError("per_category must be >= 1 and max_new_tokens >= 2")
+        bad = [r for r in [self.rollout, *self.compare_rollouts] if r not in ROLLOUTS]
+        if bad:
+            raise ValueError(f"unknown rollout(s) {bad}; choose from {ROLLOUTS}")
+        self.compare_rollouts = [r for r in self.compare_rollouts if r != self.rollout]
+
+
+ROLLOUTS = ("stream", "eagle")
+
+
+def _prefixes(cfg: MirrorBenchConfig) -> dict[str, str]:
+    """Label prefix -> rollout: `mirror` for the primary rollout, `mirror_<r>` for the compared ones."""
+    return {"mirror": cfg.rollout, **{f"mirror_{r}": r for r in cfg.compare_rollouts}}
 
 
 def run_mirror_bench(cfg: MirrorBenchConfig) -> dict:
@@ -43,14 +62,16 @@ def run_mirror_bench(cfg: MirrorBenchConfig) -> dict:
 
     engine = leaninfer.load(cfg.model, precision=cfg.precision)
     opts = {"gamma": cfg.gamma, "kappa": cfg.kappa, "exit_layer": cfg.exit_layer}
-    methods = [("ar", "ar", {})] + [(b, b, {}) for b in cfg.baselines] + [
-        ("mirror", "mirror", {**opts, "workers": "threads"}),
-        ("mirror_serial", "mirror", {**opts, "workers": "serial"})]
+    methods = [("ar", "ar", {})] + [(b, b, {}) for b in cfg.baselines]
+    for prefix, rollout in _prefixes(cfg).items():
+        methods += [(prefix, "mirror", {**opts, "rollout": rollout, "workers": "threads"}),
+                    (f"{prefix}_serial", "mirror", {**opts, "rollout": rollout, "workers": "serial"})]
     for a in cfg.ablations:
         key, _, val = a.partition("=")
         if key not in opts or not val.isdigit():
             raise ValueError(f"ablation {a!r}: expected gamma=N, kappa=N or exit_layer=N")
-        methods.append((f"mirror {a}", "mirror", {**opts, key: int(val), "workers": "threads"}))
+        methods.append((f"mirror {a}", "mirror", {**opts, key: int(val), "rollout": cfg.rollout,
+                                                  "workers": "threads"}))
     questions = load_questions(None, per_category=cfg.per_category)
     for _, name, o in methods:  # warm-up: load drafts, build the early-exit head
         engine.generate(format_prompt(questions[0]), max_new_tokens=4, method=name, **o)
@@ -70,62 +91,70 @@ def run_mirror_bench(cfg: MirrorBenchConfig) -> dict:
     return result
 
 
-def _agg(rows: list[dict]) -> dict:
-    toks, secs = sum(r["new_tokens"] for r in rows), sum(r["seconds"] for r in rows)
-    out = {"tokens_per_s": toks / secs, "tau": (toks - len(rows)) / sum(max(r["forwards"] - 1, 1) for r in rows),
-           "lossless": all(r["identical"] for r in rows), "mismatches": sum(not r["identical"] for r in rows)}
-    if "steps" in rows[0]:
-        tot = {k: sum(r[k] for r in rows) for k in PHASES}
-        drafted = tot["draft_refresh_s"] + tot["draft_rollout_s"] + tot["redraft_s"]
-        out["hit_rate"] = tot["hits"] / max(tot["steps"], 1)
-        out["exposed_draft_fraction"] = tot["exposed_draft_s"] / drafted if drafted else 0.0
-    return out
+def _mirror_stats(rows: list[dict]) -> dict:
+    """Hit rate and exposed draft fraction of Mirror-SD rows."""
+    tot = {k: sum(r[k] for r in rows) for k in PHASES}
+    drafted = tot["draft_refresh_s"] + tot["draft_rollout_s"] + tot["redraft_s"]
+    return {"hit_rate": tot["hits"] / max(tot["steps"], 1),
+            "exposed_draft_fraction": tot["exposed_draft_s"] / drafted if drafted else 0.0}
 
 
 def summarise(rows: dict[str, list[dict]]) -> dict:
-    cats = sorted({r["category"] for r in rows["ar"]})
+    """Spec-Bench's per-category table (`bench.spec._summarise`) plus hit rate and exposed draft fraction for
+    the Mirror-SD runs; labels with a space are one-factor ablations, summarised overall only."""
     main = {m: rs for m, rs in rows.items() if " " not in m}
-    table = {m: {"overall": _agg(rs), **{c: _agg([r for r in rs if r["category"] == c]) for c in cats}}
-             for m, rs in main.items()}
-    for m in table:
-        for c in table[m]:
-            table[m][c]["speedup"] = table[m][c]["tokens_per_s"] / table["ar"][c]["tokens_per_s"]
-    keys = ("speedup", "tau", "lossless", "tokens_per_s", "hit_rate", "exposed_draft_fraction")
-    headline = {m: {k: v for k, v in table[m]["overall"].items() if k in keys} for m in table if m != "ar"}
-    ar_tps = table["ar"]["overall"]["tokens_per_s"]
-    ablations = {m: {**_agg(rs), "speedup": _agg(rs)["tokens_per_s"] / ar_tps} for m, rs in rows.items() if " " in m}
+    res = _summarise(main)
+    table, cats = res["table"], res["categories"]
+    for m, rs in main.items():
+        if "steps" not in rs[0]:
+            continue
+        table[m]["overall"].update(_mirror_stats(rs))
+        for c in cats:
+            table[m][c].update(_mirror_stats([r for r in rs if r["category"] == c]))
+        res["headline"][m].update({k: table[m]["overall"][k] for k in ("hit_rate", "exposed_draft_fraction")})
+    ablations = {}
+    for m, rs in rows.items():
+        if " " in m:
+            ablations[m] = {**_summarise({"ar": rows["ar"], m: rs})["table"][m]["overall"], **_mirror_stats(rs)}
     if ablations:
         ablations["mirror (base)"] = table["mirror"]["overall"]
-    return {"categories": cats, "table": table, "headline": headline, "latency_model": latency_check(main),
-            "ablations": ablations}
+    return {**res, "latency_model": latency_check(main), "ablations": ablations}
+
+
+def _mirror_runs(rows: dict) -> list[str]:
+    """Overlapped Mirror-SD labels that also have a serial run."""
+    return [m for m in rows if m.startswith("mirror") and not m.endswith("_serial") and f"{m}_serial" in rows]
 
 
 def latency_check(rows: dict[str, list[dict]]) -> dict:
-    """Per-step means of both Mirror runs, the model's predicted step time and speedup next to the measured ones,
-    and an extrapolation: the target at the serial run's speed (all cores) with the draft on its own device."""
+    """Per-step means of every Mirror run, the model's predicted step time and speedup next to the measured ones,
+    and per rollout an extrapolation: the target at the serial run's speed (all cores) with the draft on its
+    own device at the overlapped run's speed."""
     ar = rows["ar"]
     ar_token_s = sum(r["seconds"] - r["ttft_s"] for r in ar) / max(sum(r["new_tokens"] - 1 for r in ar), 1)
-    out = {"ar_token_ms": 1000 * ar_token_s}
-    for label, overlap in (("mirror", True), ("mirror_serial", False)):
-        rs = rows[label]
-        stats = {k: sum(r[k] for r in rs) for k in PHASES}
-        t, h, tau = from_stats(stats, sum(r["new_tokens"] for r in rs) - len(rs) + 1)
-        measured_step = sum(r["seconds"] - r["ttft_s"] for r in rs) / max(stats["steps"], 1)
-        out[label] = {"step_ms": {k: 1000 * v for k, v in asdict(t).items()}, "hit_rate": h, "tau": tau,
-                      "measured_step_ms": 1000 * measured_step,
-                      "predicted_step_ms": 1000 * predict_step_s(t, h, overlap),
-                      "predicted_exposed_draft_ms": 1000 * exposed_draft_s(t, h) if overlap else None,
-                      "predicted_speedup": predict_speedup(t, tau, h, ar_token_s, overlap),
-                      "measured_speedup": tau * ar_token_s / measured_step}
-        out[label]["_times"] = t
-    # heterogeneous placement: target parts as fast as with all cores (serial run), draft parts as on its own core
-    ts, td = out["mirror_serial"].pop("_times"), out["mirror"].pop("_times")
-    het = type(ts)(ts.prefix_s, ts.suffix_s, td.draft_refresh_s, td.draft_rollout_s, td.redraft_s, ts.verify_s)
-    h, tau = out["mirror"]["hit_rate"], out["mirror"]["tau"]
-    out["separate_draft_device"] = {"predicted_step_ms": 1000 * predict_step_s(het, h),
-                                    "predicted_speedup": predict_speedup(het, tau, h, ar_token_s),
-                                    "hidden_fraction_of_rollouts": min(1.0, het.suffix_s / max(het.draft_rollout_s,
-                                                                                               1e-9))}
+    out: dict = {"ar_token_ms": 1000 * ar_token_s, "separate_draft_device": {}}
+    for prefix in _mirror_runs(rows):
+        times = {}
+        for label, overlap in ((prefix, True), (f"{prefix}_serial", False)):
+            rs = rows[label]
+            stats = {k: sum(r[k] for r in rs) for k in PHASES}
+            t, h, tau = from_stats(stats, sum(r["new_tokens"] for r in rs) - len(rs) + 1)
+            measured_step = sum(r["seconds"] - r["ttft_s"] for r in rs) / max(stats["steps"], 1)
+            out[label] = {"step_ms": {k: 1000 * v for k, v in asdict(t).items()}, "hit_rate": h, "tau": tau,
+                          "measured_step_ms": 1000 * measured_step,
+                          "predicted_step_ms": 1000 * predict_step_s(t, h, overlap),
+                          "predicted_exposed_draft_ms": 1000 * exposed_draft_s(t, h) if overlap else None,
+                          "predicted_speedup": predict_speedup(t, tau, h, ar_token_s, overlap),
+                          "measured_speedup": tau * ar_token_s / measured_step}
+            times[label] = t
+        # heterogeneous placement: target parts as fast as with all cores (serial run), draft parts on their own core
+        ts, td = times[f"{prefix}_serial"], times[prefix]
+        het = type(ts)(ts.prefix_s, ts.suffix_s, td.draft_refresh_s, td.draft_rollout_s, td.redraft_s, ts.verify_s)
+        h, tau = out[prefix]["hit_rate"], out[prefix]["tau"]
+        out["separate_draft_device"][prefix] = {
+            "predicted_step_ms": 1000 * predict_step_s(het, h), "predicted_speedup": predict_speedup(het, tau, h,
+                                                                                                     ar_token_s),
+            "hidden_fraction_of_rollouts": min(1.0, het.suffix_s / max(het.draft_rollout_s, 1e-9))}
     return out
 
 
@@ -137,21 +166,23 @@ def write_mirror_report(result: dict, json_path: Path) -> tuple[Path, Path, Path
          "yes" if t["overall"]["lossless"] else f"no ({t['overall']['mismatches']})",
          t["overall"].get("hit_rate", "-"), t["overall"].get("exposed_draft_fraction", "-")]
         for m, t in table.items()])
-    by_cat = markdown_table(["method"] + cats, [
-        [m] + [f"{t[c]['speedup']:.2f}× / τ {t[c]['tau']:.2f}" for c in cats] for m, t in table.items()])
-    phases = list(lm["mirror"]["step_ms"])
+    runs = [k for k in lm if k.startswith("mirror")]
+    phases = list(lm[runs[0]]["step_ms"])
     breakdown = markdown_table(["run"] + [p.replace("_s", " ms") for p in phases] + ["measured step ms",
                                                                                      "model step ms"], [
         [k] + [lm[k]["step_ms"][p] for p in phases] + [lm[k]["measured_step_ms"], lm[k]["predicted_step_ms"]]
-        for k in ("mirror", "mirror_serial")])
+        for k in runs])
+    sep = lm["separate_draft_device"]
     model_rows = markdown_table(["setting", "hit rate", "τ", "predicted speedup", "measured speedup"], [
-        [k, lm[k]["hit_rate"], lm[k]["tau"], lm[k]["predicted_speedup"], lm[k]["measured_speedup"]]
-        for k in ("mirror", "mirror_serial")] + [
-        ["draft on its own device (extrapolated)", lm["mirror"]["hit_rate"], lm["mirror"]["tau"],
-         lm["separate_draft_device"]["predicted_speedup"], "-"]])
+        [k, lm[k]["hit_rate"], lm[k]["tau"], lm[k]["predicted_speedup"], lm[k]["measured_speedup"]] for k in runs] + [
+        [f"{k}: draft on its own device (extrapolated)", lm[k]["hit_rate"], lm[k]["tau"],
+         sep[k]["predicted_speedup"], "-"] for k in sep])
     c = result["config"]
+    rollouts = "; ".join(f"`{p}` rolls out with the {'speculative-streaming' if r == 'stream' else 'EAGLE'} draft"
+                         for p, r in {"mirror": c.get("rollout", "eagle"),
+                                      **{f"mirror_{r}": r for r in c.get("compare_rollouts", [])}}.items())
     md = write_markdown(json_path.with_suffix(".md"), "Mirror speculative decoding on Spec-Bench", [
-        ("Overall", overall), ("Per category (speedup / τ)", by_cat),
+        ("Overall", overall), ("Per category (speedup / τ)", category_table(table, cats)),
         ("Time per step (ms; redraft per miss, the rest per step)", breakdown),
         ("Latency model vs measurement", model_rows + f"\n\nPlain decoding: {lm['ar_token_ms']:.1f} ms per token."),
         ("Ablations (one factor at a time around the base setting, overlapped)", markdown_table(
@@ -161,8 +192,8 @@ def write_mirror_report(result: dict, json_path: Path) -> tuple[Path, Path, Path
          else "none run"),
         ("Method", f"First turn of {c['per_category']} question(s) per category, greedy, {c['max_new_tokens']} new "
                    f"tokens, γ={c['gamma']}, κ={c['kappa']}, exit layer {c['exit_layer'] or 'N/2'}, precision "
-                   f"{result['precision']}; `mirror` overlaps draft and target on two threads, `mirror_serial` runs "
-                   "them one after the other; all methods in one run."),
+                   f"{result['precision']}; {rollouts}; `_serial` runs draft and target one after the other, the "
+                   "others overlap them on two threads; all methods in one run."),
         ("Reproduce", f"`leaninfer bench mirror --json {json_path}`"),
     ])
 
