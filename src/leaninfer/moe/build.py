@@ -50,8 +50,8 @@ class BuildConfig:
     router_steps: int = 150
     fit_steps: int = 60
     train_steps: int = 2000
-    lr: float = 5e-5
-    router_lr: float = 5e-4
+    lr: float = 1.5e-4
+    router_lr: float = 1.5e-3
     max_minutes: float = 60.0
     seed: int = 0
 

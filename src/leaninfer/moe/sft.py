@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SFTConfig:
     base: str = "gemma3-moe"  # name of a built MoE (cache_dir("moe")/<base>) or a model folder
-    steps: int = 24
+    steps: int = 150
     seq_len: int = 128
     lr: float = 5e-5
     router_lr: float = 5e-4
