@@ -30,8 +30,8 @@ class SFTConfig:
     base: str = "gemma3-moe"  # name of a built MoE (cache_dir("moe")/<base>) or a model folder
     steps: int = 150
     seq_len: int = 128
-    lr: float = 5e-5
-    router_lr: float = 5e-4
+    lr: float = 1e-4
+    router_lr: float = 1e-3
     k_set: list[int] = field(default_factory=lambda: [4, 6, 8])
     anchor_k: int | None = 4
     anchor_start: float = 0.7
