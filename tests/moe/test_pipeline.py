@@ -48,3 +48,28 @@ def test_pipeline_end_to_end(tiny, tmp_path):
     paths = bench.write_moe_report(result, tmp_path / "moe.json")
     assert all(p.exists() for p in paths)
     assert json.loads(paths[0].read_text())["headline"]["2"]["phds_ppl"] > 1
+
+
+def test_cli_build_and_single_oracle(tiny, monkeypatch):
+    """`moe build` reports steps/tokens/clock; `moe phds --no-phds --oracle-k K` runs only that oracle."""
+    from typer.testing import CliRunner
+
+    from leaninfer.cli import app
+
+    small = dict(source=str(tiny), n_experts=4, top_k=2, seq_len=16, collect_tokens=128, cluster_tokens=64,
+                 router_steps=5, fit_steps=3)
+    monkeypatch.setattr(BuildConfig, "quick", classmethod(lambda cls, **kw: cls(name="cli-moe", train_steps=3,
+                                                                                 **small)))
+    runner = CliRunner()
+    res = runner.invoke(app, ["moe", "build", "--quick", "--json"])
+    assert res.exit_code == 0, res.output
+    built = json.loads(res.stdout.strip().splitlines()[-1])
+    assert built["steps_done"] == 3 and built["tokens"] == 48 and built["clock"] == "cpu"
+    res = runner.invoke(app, ["moe", "phds", "--base", "cli-moe", "--no-phds", "--oracle-k", "1", "--k", "1",
+                              "--k", "2", "--anchor-k", "1", "--steps", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert list(out) == ["oracle1"]
+    assert not build.model_dir("cli-moe-phds").exists()
+    meta = json.loads((build.model_dir("cli-moe-oracle1") / "sft.json").read_text())
+    assert meta["oracle_k"] == 1 and meta["train"]["steps_done"] == 2

@@ -48,8 +48,11 @@ def moe_build(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     meta = json.loads((out / "build.json").read_text())
-    _emit({"model": str(out), "steps_done": meta["train"]["steps_done"], "complete": meta["train"]["complete"],
-           "train_minutes": meta["seconds_train"] / 60, "layer_fit_rel_error": meta["layer_fit_rel_error"]}, json_out)
+    t = meta["train"]
+    _emit({"model": str(out), "steps_done": t["steps_done"], "tokens": t.get("tokens"), "complete": t["complete"],
+           "train_minutes": t["seconds"] / 60, "clock": t.get("clock", "wall"),
+           "wall_minutes": t.get("wall_seconds", t["seconds"]) / 60,
+           "layer_fit_rel_error": meta["layer_fit_rel_error"]}, json_out)
 
 
 @moe_app.command("phds")
