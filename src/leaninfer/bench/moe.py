@@ -36,7 +36,7 @@ class MoEBenchConfig:
     ks: list[int] = field(default_factory=lambda: [4, 6, 8])
     test: EvalConfig = field(default_factory=EvalConfig)
     val: EvalConfig = field(default_factory=lambda: EvalConfig(split="val", ppl_len=128, max_passages=10))
-    grid: RoEGrid = field(default_factory=lambda: RoEGrid(taus=[0.1, 0.3], clean_layers=[1], n=4))
+    grid: RoEGrid = field(default_factory=lambda: RoEGrid(taus=[0.05, 0.1, 0.2, 0.3], clean_layers=[1], n=4))
     roe_k: int = 4
     speed_tokens: int = 32
     speed_repeats: int = 2
