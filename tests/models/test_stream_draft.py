@@ -8,7 +8,7 @@ import leaninfer
 from helpers import tiny_model_dir
 from leaninfer.io.drafts import build_draft, load_draft, save_draft
 from leaninfer.models.draft_lm import init_draft_lm
-from leaninfer.models.stream_draft import StreamDraftConfig, causal_block, init_stream_draft, stream_layout
+from leaninfer.models.stream_draft import StreamDraftConfig, causal_block, init_stream_draft, stream_mask
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +24,18 @@ def _draft(target, n_streams=3, stream_layers=2, layers=(0, 1, 2), vocab=None):
     return init_stream_draft(init_draft_lm(target, d2t, list(layers)), n_streams, stream_layers).eval()
 
 
-def test_stream_layout_positions_and_mask():
-    pos = torch.tensor([[4, 5, 6]])
-    pos2, mask = stream_layout(pos, causal_block(pos), torch.tensor([0, 2]), 2)
-    assert pos2.tolist() == [[4, 5, 6, 5, 6, 7, 8]]
-    m = mask[0].int().tolist()
-    assert m[0][:3] == [1, 0, 0] and m[2][:3] == [1, 1, 1] and all(v == 0 for r in m[:3] for v in r[3:])  # main
-    assert m[3] == [1, 0, 0, 1, 0, 0, 0]  # stream 1 of row 0: row 0's context and itself
-    assert m[4] == [1, 0, 0, 1, 1, 0, 0]  # stream 2 of row 0: + stream 1, never row 2's streams
-    assert m[6] == [1, 1, 1, 0, 0, 1, 1]
+def test_stream_mask_positions_and_visibility():
+    # two cached context keys (positions 0, 1), then new tokens at 2, 3, 4; streams on rows 0 and 2, S = 2
+    key_pos = torch.tensor([[0, 1, 2, 3, 4]])
+    pos = torch.tensor([[2, 3, 4]])
+    spos, mask = stream_mask(key_pos, 2, causal_block(pos), pos, torch.tensor([0, 2]), 2)
+    assert spos.tolist() == [[3, 4, 5, 6]]
+    m = mask[0].int().tolist()  # columns: 5 main keys, then streams (r0 s1, r0 s2, r2 s1, r2 s2)
+    assert m[0] == [1, 1, 1, 0, 0, 1, 0, 0, 0]  # stream 1 of row 0: context, row 0, itself
+    assert m[1] == [1, 1, 1, 0, 0, 1, 1, 0, 0]  # stream 2 of row 0: + stream 1; never row 2's streams
+    assert m[3] == [1, 1, 1, 1, 1, 0, 0, 1, 1]
     padded = torch.tensor([[-1, 7]])
-    assert stream_layout(padded, causal_block(padded), torch.tensor([0]), 2)[0].tolist() == [[-1, 7, -1, -1]]
+    assert stream_mask(padded, 0, causal_block(padded), padded, torch.tensor([0]), 2)[0].tolist() == [[-1, -1]]
 
 
 def test_streams_never_see_later_streams_or_future_tokens(target):
@@ -63,7 +64,7 @@ def test_main_stream_is_the_draft_lm_and_cached_equals_uncached(target):
         assert torch.allclose(draft.logits(main), want[..., : target.cfg.vocab_size], atol=1e-4)
         cache = draft.new_cache(1, 32)
         m1, s1 = draft.run(ids[:, :4], cache=cache)
-        assert cache.length == 4  # stream keys rolled back
+        assert cache.length == 4  # stream keys never enter the cache
         m2, s2 = draft.run(ids[:, 4:], cache=cache)
         assert cache.length == 7
         assert torch.allclose(torch.cat([m1, m2], 1), main, atol=1e-4)
