@@ -123,13 +123,13 @@ def draft_lm_loss(model, teacher, batch: Batch, t2d: torch.Tensor, depths: int):
 
 def stream_loss(model, teacher, batch: Batch, t2d: torch.Tensor, depths: int, decay: float = 0.8,
                 rows: float = 1.0):
-    """Future n-gram objective of a speculative-streaming draft (`models/stream_draft.py`) in one forward: the
-    main stream is distilled like `draft_lm_loss` (soft cross-entropy to the target's distribution); stream s
-    at position t is trained with cross-entropy to token t + 1 + s of the target's own greedy continuation,
-    weighted decay**s. rows < 1 puts streams on that random fraction of the positions whose stream labels can
-    be continuation tokens (cheaper training steps). `correct` depth 0 is the main stream's guess at t + 1,
-    depth j <= S stream j's guess at t + 1 (what one streaming forward over the pending token drafts; only
-    positions carrying streams can be right); deeper depths are never correct."""
+    """Future n-gram objective of a speculative-streaming draft (`models/stream_draft.py`) in one forward: stream
+    s at position t is trained with cross-entropy to token t + 1 + s of the target's own greedy continuation,
+    weighted decay**s. The main stream is the draft LM itself (trained with `draft_lm_loss`, fixed here).
+    rows < 1 puts streams on that random fraction of the positions whose stream labels can be continuation
+    tokens (cheaper training steps). `correct` depth 0 is the main stream's guess at t + 1, depth j <= S stream
+    j's guess at t + 1 (what one streaming forward over the pending token drafts; only positions carrying
+    streams can be right); deeper depths are never correct."""
     B, L = batch.tokens.shape
     S = model.n_streams
     ar = torch.arange(L)
@@ -137,10 +137,11 @@ def stream_loss(model, teacher, batch: Batch, t2d: torch.Tensor, depths: int, de
     idx = _stream_rows(batch, S, rows)  # (R,)
     main, streams = model.run(batch.tokens, pos, rows=idx)  # (B, L, d), (B, R, S, d)
     has_next = ar[None] < (batch.lens[:, None] - 1)
-    logits = model.logits(main[has_next]).float()
-    with torch.no_grad():
+    with torch.no_grad():  # the main stream is the (fixed) draft LM: its distillation loss is reported only
+        logits = model.logits(main[has_next]).float()
         soft = torch.softmax(teacher(batch.feats[:, :, 0][has_next]).float(), -1)
-    loss = -(soft * torch.log_softmax(logits, -1)).sum(-1).mean()
+        main_loss = -(soft * torch.log_softmax(logits, -1)).sum(-1).mean()
+    loss = streams.sum() * 0.0 + main_loss.detach() * 0.0
     preds = [torch.full((B, L + 1), -2, dtype=torch.long)]  # per depth: the guess made at each position
     preds[0][:, :L][has_next] = logits.detach().argmax(-1)
     lab_idx = idx[:, None] + 1 + torch.arange(1, S + 1)  # (R, S) stream s at row r guesses token r + 1 + s

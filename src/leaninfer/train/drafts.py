@@ -58,7 +58,7 @@ class DraftTrainConfig:
     n_streams: int = 3  # mirror: speculative streams (one forward drafts 1 + n_streams tokens)
     stream_layers: int = 2  # mirror: top draft layers with multi-stream attention
     init_from: str | None = None  # mirror: a trained draft-lm folder to start from (else the target's layers)
-    stream_rows: float = 0.25  # mirror: fraction of positions carrying streams in a training batch
+    stream_rows: float = 0.5  # mirror: fraction of positions carrying streams in a training batch
     heldout: int = 24  # examples kept out for the offline τ curve
     eval_every: int = 50
     eval_depth: int = 5
@@ -82,10 +82,8 @@ def init_draft(kind: str, target, vocab: DraftVocab, cfg: DraftTrainConfig, n_la
     if kind == "mirror":
         from leaninfer.models.stream_draft import init_stream_draft
 
-        base, trained = _base_lm(target, vocab, cfg)
-        draft = init_stream_draft(base, cfg.n_streams, cfg.stream_layers, cfg.seed)
-        if trained:  # keep the trained LM's embeddings, lower layers and head; train the stream layers
-            draft.freeze_base()
+        draft = init_stream_draft(_base_lm(target, vocab, cfg), cfg.n_streams, cfg.stream_layers, cfg.seed)
+        draft.freeze_base()  # the main stream is the draft LM as given; only the streams train
         return draft
     rows = target.embed.weight.detach()[vocab.d2t].float()  # (Vd, d) tied output rows
     norm_w = target.norm.weight.detach().float() + target.norm.offset
@@ -103,8 +101,8 @@ def init_draft(kind: str, target, vocab: DraftVocab, cfg: DraftTrainConfig, n_la
 
 
 def _base_lm(target, vocab: DraftVocab, cfg: DraftTrainConfig):
-    """The draft LM a streaming draft starts from: the trained one in `cfg.init_from` when it exists and speaks
-    the same draft vocabulary, else a fresh one made of the target's `lm_layers`."""
+    """The draft LM a streaming draft is built on (its main stream): the trained one in `cfg.init_from` when it
+    exists and speaks the same draft vocabulary, else a fresh one made of the target's `lm_layers`."""
     from leaninfer.io.drafts import DraftNotFoundError, load_draft
 
     if cfg.init_from:
@@ -115,9 +113,10 @@ def _base_lm(target, vocab: DraftVocab, cfg: DraftTrainConfig):
         else:
             if kind == "draft-lm" and torch.equal(lm.d2t.cpu(), vocab.d2t.cpu()):
                 log.info("streaming draft starts from the trained draft LM in %s", cfg.init_from)
-                return lm.train(), True
+                return lm
             log.warning("%s has another draft vocabulary; starting from the target's layers", cfg.init_from)
-    return init_draft_lm(target, vocab.d2t, [i for i in cfg.lm_layers if i < target.cfg.n_layers]), False
+    log.warning("the streaming draft's main stream is then an untrained draft LM: train --kind draft-lm first")
+    return init_draft_lm(target, vocab.d2t, [i for i in cfg.lm_layers if i < target.cfg.n_layers])
 
 
 def _batches(examples: list[dict], batch_tokens: int, rng: random.Random) -> list[list[int]]:
