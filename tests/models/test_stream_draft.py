@@ -52,6 +52,8 @@ def test_streams_never_see_later_streams_or_future_tokens(target):
         main3, streams3 = draft.run(ids, rows=torch.arange(6))
         assert torch.equal(streams3[:, :, :2], streams[:, :, :2]) and torch.equal(main3, main)
         assert not torch.equal(streams3[:, :, 2], streams[:, :, 2])
+        _, first2 = draft.run(ids, rows=torch.arange(6), n_streams=2)  # running fewer streams: same first ones
+        assert torch.allclose(first2, streams3[:, :, :2], atol=1e-5)
 
 
 def test_main_stream_is_the_draft_lm_and_cached_equals_uncached(target):

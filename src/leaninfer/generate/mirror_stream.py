@@ -65,17 +65,17 @@ class StreamMirrorDraft:
         q = logits_to_probs(logits, self.sampling)
         return self.d2t[torch.multinomial(q, 1, generator=self.gen)[:, 0]], q
 
-    def _feed(self, streams: bool):
+    def _feed(self, streams: bool, n_streams: int = 0):
         new = torch.tensor([self.seq[self.fed :]], device=self.device)
         rows = torch.tensor([new.shape[1] - 1] if streams else [], dtype=torch.long, device=self.device)
-        out = self.draft.run(new, cache=self.cache, rows=rows)
+        out = self.draft.run(new, cache=self.cache, rows=rows, n_streams=n_streams)
         self.fed = len(self.seq)
         return out
 
     def draft_window(self, g: int) -> Window:
         """A miss: take in the verified tokens and draft a g-token window in one forward."""
-        main, streams = self._feed(streams=True)
-        h = torch.cat([main[0, -1:], streams[0, 0]])[:g]  # (g, d)
+        main, streams = self._feed(streams=True, n_streams=g - 1)
+        h = torch.cat([main[0, -1:], streams[0, 0]])  # (g, d)
         tokens, q = self._pick(h)
         return Window(tokens.tolist(), h, q)
 
@@ -96,9 +96,9 @@ class StreamMirrorDraft:
         pos, block = rollout_block(g, [j for j, _ in heads], len(self.seq) - 1)
         tokens = torch.tensor([window.tokens + [c for _, c in heads]], device=self.device)
         main, streams = self.draft.run(tokens, pos.to(self.device)[None], self.cache, block.to(self.device),
-                                       torch.arange(g, g + B, device=self.device))
+                                       torch.arange(g, g + B, device=self.device), n_streams=g - 1)
         self.cache.rollback(self.cache.length - start)
-        h = torch.cat([main[0, g:, None], streams[0]], dim=1)[:, :g]  # (B, g, d)
+        h = torch.cat([main[0, g:, None], streams[0]], dim=1)  # (B, g, d): main + the first g - 1 streams
         toks, q = self._pick(h.flatten(0, 1))
         toks = toks.view(B, g).tolist()
         q = None if q is None else q.view(B, g, -1)

@@ -131,16 +131,20 @@ class StreamDraft(nn.Module):
 
     # --- multi-stream forward ---------------------------------------------------------------------
     def run(self, tokens: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
-            block: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            block: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+            n_streams: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward over N new tokens with streams at `rows`.
 
         tokens: (B, N) target ids; positions: (B, N) (default: continue the cache); block: (B, N, N) or (N, N)
         mask among the new tokens (default causal by position; trees pass their own); rows: (R,) indices of
-        the tokens that carry streams (default: the last). With a cache, the main keys of the N tokens are
-        appended at its end (the caller rolls them back if they are not context). The main stream runs without
-        autograd (it is the draft LM, not trained here). Returns main hidden (B, N, dim) and stream hidden
-        (B, R, S, dim), both before the final norm (`logits` reads them)."""
-        body, S = self.lm.body, self.cfg.n_streams
+        the tokens that carry streams (default: the last); n_streams: run only streams 1..n_streams (default
+        all; a stream never sees a later one, so the first ones are unchanged). With a cache, the main keys of
+        the N tokens are appended at its end (the caller rolls them back if they are not context). The main
+        stream runs without autograd (it is the draft LM, not trained here). Returns main hidden (B, N, dim)
+        and stream hidden (B, R, S, dim), both before the final norm (`logits` reads them)."""
+        body, S = self.lm.body, self.cfg.n_streams if n_streams is None else n_streams
+        if not 0 <= S <= self.cfg.n_streams:
+            raise ValueError(f"n_streams must be in [0, {self.cfg.n_streams}], got {S}")
         cfg = body.cfg
         B, N = tokens.shape
         if positions is None:
@@ -158,9 +162,9 @@ class StreamDraft(nn.Module):
                        taps=(split,) if split else ())
             x = out.taps[split] if split else body.embed_tokens(ids)  # (B, N, d) stream inputs
         R, n = rows.numel(), start + N
-        h = (x[:, rows, None, :] + self.streams.to(x.dtype)).flatten(1, 2)  # (B, R*S, d)
-        if R == 0:
-            return out.hidden, h.view(B, 0, S, x.shape[-1])
+        h = (x[:, rows, None, :] + self.streams[:S].to(x.dtype)).flatten(1, 2)  # (B, R*S, d)
+        if R * S == 0:
+            return out.hidden, h.view(B, R, S, x.shape[-1])
         spos, mask = stream_mask(cache.pos[:, :n], start, block, positions, rows, S)
         keys = _MainKeys(cache, n)
         for j, blk in enumerate(self.stream_blocks):
