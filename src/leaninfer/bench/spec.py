@@ -53,7 +53,7 @@ def _number(v: str):
     return v
 
 
-# the trained draft each method needs (Mirror-SD rolls out with the EAGLE draft)
+# the trained draft each method needs (Mirror-SD rolls out with the EAGLE draft unless rollout=stream)
 DRAFT_KIND = {"sd": "draft-lm", "eagle": "eagle", "medusa": "medusa", "hydra": "hydra", "mirror": "eagle"}
 
 
@@ -64,8 +64,9 @@ def available(engine, methods: list[tuple[str, str, dict]]) -> tuple[list, dict[
     keep, skipped = [], {}
     for label, name, opts in methods:
         if name in DRAFT_KIND and "draft" not in opts:
+            kind = "mirror" if name == "mirror" and opts.get("rollout") == "stream" else DRAFT_KIND[name]
             try:
-                engine.draft(DRAFT_KIND[name])
+                engine.draft(kind)
             except DraftNotFoundError as e:
                 skipped[label] = str(e)
                 continue

@@ -53,7 +53,8 @@ def feature_rows(reports: Path) -> list[tuple[str, str, str]]:
         m, ser = h.get("mirror", {}), h.get("mirror_serial", {})
         loaded = " — measured on a heavily loaded machine, ratios not representative" if plain < 15 else ""
         rows.append(("Mirror speculative decoding (early-exit candidates, branch rollouts overlapped with the "
-                     "target suffix)", "partial (EAGLE draft as rollout model; see docs/mirror.md)",
+                     "target suffix)",
+                     "partial (speculative-streaming rollouts; targets not met on this CPU; see docs/mirror.md)",
                      f"overlapped {_f(m.get('speedup'))}× vs serial {_f(ser.get('speedup'))}× (τ {_f(m.get('tau'))}, "
                      f"hit rate {_f(m.get('hit_rate'))}, lossless {m.get('lossless')}); plain decoding "
                      f"{_f(plain, '{:.1f}')} tok/s in that run{loaded} ([mirror](reports/mirror.md))"))
