@@ -89,7 +89,7 @@ def moe_eval(
                      ] = "gemma3-moe",
     k: Annotated[Optional[list[int]], typer.Option("--k", help="Dialled k (repeatable; default native).")] = None,
     roe: Annotated[Optional[int], typer.Option(min=1, help="Score with a Roster of N experts.")] = None,
-    roe_tau: Annotated[float, typer.Option(min=0.0)] = 0.1,
+    roe_tau: Annotated[float, typer.Option(min=0.0)] = 0.2,
     roe_clean_layers: Annotated[int, typer.Option(min=0)] = 1,
     split: Annotated[str, typer.Option(help="test | val")] = "test",
     json_out: Annotated[bool, typer.Option("--json")] = False,
