@@ -28,7 +28,7 @@ def generate(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
     moe_k: Annotated[Optional[int], typer.Option(min=1, help="MoE: experts per token (default: native).")] = None,
     roe: Annotated[Optional[int], typer.Option(min=1, help="MoE models: Roster of Experts with N members.")] = None,
-    roe_tau: Annotated[float, typer.Option(min=0.0, help="RoE Gumbel noise scale (tuned: docs/moe.md).")] = 0.1,
+    roe_tau: Annotated[float, typer.Option(min=0.0, help="RoE Gumbel noise scale (tuned: docs/moe.md).")] = 0.2,
     roe_clean_layers: Annotated[int, typer.Option(min=0, help="RoE: first/last L layers route cleanly.")] = 1,
 ) -> None:
     """Generate text; streams it as it is produced, then prints stats."""
