@@ -136,20 +136,27 @@ def _exact_joint(model, prompt, cfg, n):
 def test_sampling_mode_reproduces_the_target_distribution(engine):
     """Top-2 sampling, 3 tokens (the last two from Mirror steps; a full-vocabulary draft with kappa = 8 makes
     hits frequent, so reused branches and their recorded q are verified too)."""
+    runs = 500
+    exact, counts, hits = _sampled_joint(engine, _draft(draft_vocab=96, seed=5), runs)
+    assert hits > 0
+    assert set(counts) <= set(exact)
+    tv = 0.5 * sum(abs(counts.get(k, 0) / runs - p) for k, p in exact.items())
+    assert tv < 0.1, tv
+
+
+def _sampled_joint(engine, draft, runs: int, n: int = 3):
+    """Top-2 sampling of n tokens with Mirror-SD (gamma 2, kappa 8) over `runs` seeds: the exact joint
+    distribution, the sampled counts per sequence and the number of reused branches (hits)."""
     cfg_fn = lambda s: SamplingConfig(temperature=1.0, top_k=2, seed=s)  # noqa: E731
-    prompt, n, runs = PROMPTS[2], 3, 500
+    prompt = PROMPTS[2]
     exact = _exact_joint(engine.model, prompt, cfg_fn(0), n)
-    draft = _draft(draft_vocab=96, seed=5)
     counts: dict[tuple, int] = {}
     hits = 0
     for s in range(runs):
         out = decode_mirror(engine.model, draft, prompt, n, cfg_fn(s), set(), gamma=2, kappa=8, workers="serial")
         counts[tuple(out.tokens)] = counts.get(tuple(out.tokens), 0) + 1
         hits += out.extra["hits"]
-    assert hits > 0
-    assert set(counts) <= set(exact)
-    tv = 0.5 * sum(abs(counts.get(k, 0) / runs - p) for k, p in exact.items())
-    assert tv < 0.1, tv
+    return exact, counts, hits
 
 
 def test_latency_model():
@@ -269,15 +276,8 @@ def test_stream_overlap_equals_serial_and_sampling_distribution(engine):
         a = decode_mirror(engine.model, draft, p, 20, samp, set(), kappa=4, workers="serial")
         b = decode_mirror(engine.model, draft, p, 20, samp, set(), kappa=4, workers="threads")
         assert a.tokens == b.tokens
-    cfg_fn = lambda s: SamplingConfig(temperature=1.0, top_k=2, seed=s)  # noqa: E731
-    prompt, n, runs = PROMPTS[2], 3, 400
-    exact = _exact_joint(engine.model, prompt, cfg_fn(0), n)
-    counts: dict[tuple, int] = {}
-    hits = 0
-    for s in range(runs):
-        out = decode_mirror(engine.model, draft, prompt, n, cfg_fn(s), set(), gamma=2, kappa=8, workers="serial")
-        counts[tuple(out.tokens)] = counts.get(tuple(out.tokens), 0) + 1
-        hits += out.extra["hits"]
+    runs = 400
+    exact, counts, hits = _sampled_joint(engine, draft, runs)
     assert hits > 0 and set(counts) <= set(exact)
     tv = 0.5 * sum(abs(counts.get(k, 0) / runs - p) for k, p in exact.items())
     assert tv < 0.1, tv

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from leaninfer.bench.report import machine_info, markdown_table, write_json, write_markdown, write_plot
-from leaninfer.bench.spec import _summarise, category_table
+from leaninfer.bench.spec import _summarise, category_plot, category_table
 from leaninfer.eval.specbench import format_prompt, load_questions
 from leaninfer.generate.latency import exposed_draft_s, from_stats, predict_speedup, predict_step_s
 
@@ -197,14 +197,5 @@ def write_mirror_report(result: dict, json_path: Path) -> tuple[Path, Path, Path
         ("Reproduce", f"`leaninfer bench mirror --json {json_path}`"),
     ])
 
-    def draw(ax):
-        ms = list(table)
-        for i, m in enumerate(ms):
-            ax.bar([j + i * 0.8 / len(ms) for j in range(len(cats))], [table[m][k]["speedup"] for k in cats],
-                   width=0.8 / len(ms), label=m)
-        ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right", fontsize=8)
-        ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_ylabel("speedup vs plain decoding")
-        ax.legend(fontsize=8)
+    return json_path, md, write_plot(json_path.with_suffix(".png"), category_plot(table, cats), figsize=(9, 4))
 
-    return json_path, md, write_plot(json_path.with_suffix(".png"), draw, figsize=(9, 4))

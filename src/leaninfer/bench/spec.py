@@ -163,6 +163,21 @@ def _step_table(result: dict) -> str:
     return markdown_table(head, rows) + note + skipped
 
 
+def category_plot(table: dict, cats: list[str]):
+    """`draw(ax)` for `report.write_plot`: grouped bars of each method's speedup per category."""
+
+    def draw(ax) -> None:
+        for i, m in enumerate(table):
+            ax.bar([j + i * 0.8 / len(table) for j in range(len(cats))], [table[m][k]["speedup"] for k in cats],
+                   width=0.8 / len(table), label=m)
+        ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right", fontsize=8)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_ylabel("speedup vs plain decoding")
+        ax.legend(fontsize=8)
+
+    return draw
+
+
 def category_table(table: dict, cats: list[str]) -> str:
     """Markdown table of speedup / τ per method (rows) and category (columns) from `_summarise`'s table."""
     return markdown_table(["method"] + cats, [
@@ -188,14 +203,4 @@ def write_spec_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
          + f"--max-new-tokens {c['max_new_tokens']} --per-category {c['per_category']} --json {json_path}`"),
     ])
 
-    def draw(ax):
-        methods = list(table)
-        for i, m in enumerate(methods):
-            ax.bar([j + i * 0.8 / len(methods) for j in range(len(cats))], [table[m][k]["speedup"] for k in cats],
-                   width=0.8 / len(methods), label=m)
-        ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right", fontsize=8)
-        ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_ylabel("speedup vs plain decoding")
-        ax.legend(fontsize=8)
-
-    return json_path, md, write_plot(json_path.with_suffix(".png"), draw, figsize=(9, 4))
+    return json_path, md, write_plot(json_path.with_suffix(".png"), category_plot(table, cats), figsize=(9, 4))

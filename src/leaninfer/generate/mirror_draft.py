@@ -23,6 +23,16 @@ from leaninfer.generate.sampling import SamplingConfig, logits_to_probs, make_ge
 from leaninfer.models.eagle import EagleDraft
 
 
+def pick_tokens(logits: torch.Tensor, d2t: torch.Tensor, sampling: SamplingConfig,
+                gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(Q, Vd) draft-vocabulary logits -> target ids (Q,) (argmax, or sampled with `gen`) and the draft
+    distributions q (Q, Vd) when sampling (None when greedy)."""
+    if sampling.greedy:
+        return d2t[logits.argmax(-1)], None
+    q = logits_to_probs(logits, sampling)
+    return d2t[torch.multinomial(q, 1, generator=gen)[:, 0]], q
+
+
 @dataclass
 class Window:
     tokens: list[int]  # w_1..w_g, target ids
@@ -78,11 +88,7 @@ class MirrorDraft:
 
     def _pick(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(Q, d) draft features -> next target ids (Q,) and draft distributions (Q, Vd) when sampling."""
-        logits = self.draft.logits(h)  # (Q, Vd)
-        if self.sampling.greedy:
-            return self.d2t[logits.argmax(-1)], None
-        q = logits_to_probs(logits, self.sampling)
-        return self.d2t[torch.multinomial(q, 1, generator=self.gen)[:, 0]], q
+        return pick_tokens(self.draft.logits(h), self.d2t, self.sampling, self.gen)
 
     def _pending(self) -> tuple[torch.Tensor | None, list[int]]:
         if not self.queue:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from leaninfer.generate.mirror_draft import Branch, Window, branch_heads
-from leaninfer.generate.sampling import SamplingConfig, logits_to_probs, make_generator
+from leaninfer.generate.mirror_draft import Branch, Window, branch_heads, pick_tokens
+from leaninfer.generate.sampling import SamplingConfig, make_generator
 from leaninfer.models.stream_draft import StreamDraft
 
 
@@ -59,11 +59,7 @@ class StreamMirrorDraft:
 
     def _pick(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(Q, d) stream hidden states -> target ids (Q,) and draft distributions (Q, Vd) when sampling."""
-        logits = self.draft.logits(h)  # (Q, Vd)
-        if self.sampling.greedy:
-            return self.d2t[logits.argmax(-1)], None
-        q = logits_to_probs(logits, self.sampling)
-        return self.d2t[torch.multinomial(q, 1, generator=self.gen)[:, 0]], q
+        return pick_tokens(self.draft.logits(h), self.d2t, self.sampling, self.gen)
 
     def _feed(self, streams: bool, n_streams: int = 0):
         new = torch.tensor([self.seq[self.fed :]], device=self.device)
