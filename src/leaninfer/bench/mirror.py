@@ -194,8 +194,18 @@ def write_mirror_report(result: dict, json_path: Path) -> tuple[Path, Path, Path
                    f"tokens, γ={c['gamma']}, κ={c['kappa']}, exit layer {c['exit_layer'] or 'N/2'}, precision "
                    f"{result['precision']}; {rollouts}; `_serial` runs draft and target one after the other, the "
                    "others overlap them on two threads; all methods in one run."),
-        ("Reproduce", f"`leaninfer bench mirror --json {json_path}`"),
+        ("Reproduce", f"`{_command(c, json_path)}`"),
     ])
 
     return json_path, md, write_plot(json_path.with_suffix(".png"), category_plot(table, cats), figsize=(9, 4))
 
+
+def _command(c: dict, json_path: Path) -> str:
+    """The `leaninfer bench mirror` command line that reproduces a run with config `c`."""
+    args = [f"--per-category {c['per_category']}", f"--max-new-tokens {c['max_new_tokens']}", f"--gamma {c['gamma']}",
+            f"--kappa {c['kappa']}", f"--rollout {c['rollout']}"]
+    args += [f"--exit-layer {c['exit_layer']}"] if c.get("exit_layer") is not None else []
+    args += [f"--compare-rollout {r}" for r in c.get("compare_rollouts") or []]
+    args += [f"--baselines {b}" for b in c.get("baselines") or []]
+    args += [f"--ablate {a}" for a in c.get("ablations") or []]
+    return f"leaninfer bench mirror {' '.join(args)} --json {json_path}"
