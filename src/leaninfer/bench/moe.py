@@ -106,7 +106,7 @@ def _train_row(meta: dict, seq_len: int) -> dict:
             "wall_minutes": t.get("wall_seconds", t.get("seconds", 0.0)) / 60, "complete": t.get("complete"),
             "first_loss": losses[0] if losses else None,
             "last10_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
-            "k_draws": meta.get("k_draws")}
+            "k_draws": meta.get("k_draws"), "loss": meta.get("loss", "kd" if "layer_fit_rel_error" in meta else "ce")}
 
 
 def training_summary(base_dir: Path, phds_dir: Path, oracle_dirs: dict[int, Path]) -> dict:

@@ -67,12 +67,12 @@ def _training_table(r: dict) -> str:
     rows = []
     for name, t in tr.items():
         draws = ", ".join(f"k={k}: {n}" for k, n in (t.get("k_draws") or {}).items())
-        rows.append([name, t["steps"], t["tokens"], t["cpu_minutes"], t["wall_minutes"], t["first_loss"],
-                     t["last10_loss"], draws])
-    note = ("Loss: build = KL to the dense model (nats/token); SFT = next-token cross-entropy on the training "
-            "text. CPU minutes: the training loop's own process CPU time at one torch thread (the budget clock); "
-            "wall minutes include time the shared machine gave to other jobs.")
-    return markdown_table(["run", "steps", "tokens", "CPU min", "wall min", "first loss", "last-10 loss",
+        rows.append([name, t.get("loss", ""), t["steps"], t["tokens"], t["cpu_minutes"], t["wall_minutes"],
+                     t["first_loss"], t["last10_loss"], draws])
+    note = ("Loss (nats/token): kd = KL to the dense model's next-token distribution, ce = next-token "
+            "cross-entropy on the training text. CPU minutes: the training loop's own process CPU time at one torch "
+            "thread (the budget clock); wall minutes include time the shared machine gave to other jobs.")
+    return markdown_table(["run", "loss", "steps", "tokens", "CPU min", "wall min", "first loss", "last-10 loss",
                            "k draws (PHDS)"], rows, digits=3) + "\n\n" + note
 
 
@@ -105,6 +105,12 @@ def _targets_table(r: dict, ks: list[int]) -> str:
         "than the oracle.")
 
 
+def _loss_text(sft: dict) -> str:
+    if sft.get("loss", "ce") == "kd":
+        return "KL to the dense model's next-token distribution (KD)"
+    return "next-token cross-entropy on the training text (CE)"
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "not met"
 
@@ -118,7 +124,8 @@ def _setup_text(r: dict) -> str:
         "`leaninfer moe build`: MoEfication + end-to-end distillation (KL to the dense model), routers and "
         f"experts only, peak LR {b['lr']:g} (experts) / {b['router_lr']:g} (routers), warmup + cosine decay "
         f"over the budget ({b['max_minutes']:g} min).",
-        f"- SFT (PHDS and each oracle-k): {s['steps']} steps x {s['seq_len']} tokens, LM loss, the same chunks in "
+        f"- SFT (PHDS and each oracle-k): {s['steps']} steps x {s['seq_len']} tokens, {_loss_text(s)}, the same "
+        "chunks in "
         f"the same order, peak LR {s['lr']:g} / {s['router_lr']:g} with cosine decay; PHDS k_set {s['k_set']} -> "
         f"anchor {s['anchor_k']} from {s['anchor_start']:.0%} over {s['ramp']:.0%} of training, eps {s['eps']}.",
         f"- Test: Spec-Bench long passages (test split), perplexity over the first {c['test']['ppl_len']} tokens of "

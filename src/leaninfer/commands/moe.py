@@ -65,6 +65,8 @@ def moe_phds(
     oracle_k: Annotated[Optional[list[int]], typer.Option("--oracle-k", help="Run the oracle SFT at this k "
                                                           "(repeatable); with --no-phds only these.")] = None,
     phds: Annotated[bool, typer.Option(help="Run the PHDS SFT.")] = True,
+    loss: Annotated[str, typer.Option(help="kd: KL to the dense model the MoE was built from; ce: next-token "
+                                           "cross-entropy on the training text.")] = "kd",
     max_minutes: Annotated[Optional[float], typer.Option()] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -73,7 +75,7 @@ def moe_phds(
 
     logging.basicConfig(level=logging.INFO)
     try:
-        cfg = SFTConfig(base=base, k_set=k_set or [4, 6, 8], anchor_k=anchor_k, max_minutes=max_minutes,
+        cfg = SFTConfig(base=base, k_set=k_set or [4, 6, 8], anchor_k=anchor_k, max_minutes=max_minutes, loss=loss,
                         **({"steps": steps} if steps else {}))
         out = {"phds": str(run_sft(cfg))} if phds else {}
         ks = sorted(set((cfg.k_set if oracles else []) + (oracle_k or [])))

@@ -27,7 +27,9 @@ import torch
 from tqdm import tqdm
 
 from leaninfer.io.store import read_model_dir, resolve
+from leaninfer.io.tokenizer import Tokenizer
 from leaninfer.models.build import build_decoder
+from leaninfer.models.config import ModelConfig
 from leaninfer.models.moe import Routing
 from leaninfer.models.transformer import Decoder
 from leaninfer.moe import moefy
@@ -69,6 +71,21 @@ class BuildConfig:
 
 def model_dir(name: str) -> Path:
     return cache_dir("moe") / name
+
+
+def load_dense(source: str | Path) -> tuple[Path, ModelConfig, dict, Tokenizer | None, Decoder]:
+    """The dense model an MoE is derived from, at fp32: (folder, config, state dict, tokenizer, Decoder).
+
+    The build distils from it and the KD loss of the PHDS / oracle SFT (`moe/sft.py`) uses it as the teacher."""
+    src = resolve(source)
+    dense_cfg, dense_state, tok = read_model_dir(src)
+    if dense_cfg.is_moe:
+        raise ValueError(f"{source} is already an MoE, not a dense model")
+    dense = build_decoder(dense_cfg, dense_state)
+    dense.eval()
+    for p in dense.parameters():
+        p.requires_grad_(False)
+    return src, dense_cfg, dense_state, tok, dense
 
 
 def _collect(dense: Decoder, chunks: list[list[int]], n_tokens: int) -> list[torch.Tensor]:
@@ -123,11 +140,7 @@ def build_moe(cfg: BuildConfig, force: bool = False) -> Path:
         return out
     work = cache_dir("moe", cfg.name + ".work")
     t0 = time.perf_counter()
-    src = resolve(cfg.source)
-    dense_cfg, dense_state, tok = read_model_dir(src)
-    if dense_cfg.is_moe:
-        raise ValueError(f"{cfg.source} is already an MoE")
-    dense = build_decoder(dense_cfg, dense_state)
+    src, dense_cfg, dense_state, tok, dense = load_dense(cfg.source)
     chunks = chunk_tokens(tok.encode, train_texts(), cfg.seq_len)
     random.Random(cfg.seed).shuffle(chunks)
     log.info("%d training chunks of %d tokens", len(chunks), cfg.seq_len)

@@ -41,7 +41,7 @@ class EvalConfig:
     ctx_len: int = 64
     cont_len: int = 16
     n_choices: int = 4
-    offsets: tuple[int, ...] = (0,)
+    offsets: tuple[int, ...] = (0, 128)  # one MC item per passage per offset (test: 40 passages -> 80 items)
     max_passages: int | None = None
     seed: int = 0
 

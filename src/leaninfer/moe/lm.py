@@ -16,9 +16,10 @@ from leaninfer.models.transformer import Decoder
 class Bf16Head:
     """Final norm + tied/untied head with a frozen bf16 copy of the weight: (B, T, D) -> fp32 logits."""
 
-    def __init__(self, model: Decoder) -> None:
+    def __init__(self, model: Decoder, weight: torch.Tensor | None = None) -> None:
+        """`weight`: an existing bf16 copy of the same head weight to reuse (saves 335 MB for Gemma 3 270M)."""
         self.model = model
-        self.weight = model.head_weight().detach().to(torch.bfloat16)  # (V, D)
+        self.weight = model.head_weight().detach().to(torch.bfloat16) if weight is None else weight  # (V, D)
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         h = self.model.norm(hidden).to(torch.bfloat16)

@@ -115,7 +115,10 @@ def train_moe(
         state = saved["state"]
         log.info("resuming %s at step %d", ckpt, state["step"])
     head = Bf16Head(model)
-    t_head = Bf16Head(teacher) if teacher is not None else None
+    t_head = None
+    if teacher is not None:  # a teacher that shares the student's frozen head shares its bf16 copy too
+        shared = teacher.head_weight().data_ptr() == model.head_weight().data_ptr()
+        t_head = Bf16Head(teacher, head.weight if shared else None)
     clock = time.process_time if cfg.clock == "cpu" else time.perf_counter
     t0, w0, start = clock(), time.perf_counter(), state["step"]
     state.setdefault("wall_seconds", state["seconds"])
