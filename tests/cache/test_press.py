@@ -117,3 +117,44 @@ def test_uniform_budgets_and_pyramid_totals():
     caps = full_lengths(types, 8, 100)
     p = PyramidKVPress().layer_budgets(u, caps)
     assert sum(p) == sum(u) and p[0] == 7 and p[1] > p[3] > p[4]
+
+
+class EvenPositionsPress(Press):
+    """Test press: keep even positions (the same entries on every layer and head)."""
+
+    name = "even"
+
+    def score(self, cache, layer, attn):
+        return [(p % 2 == 0).float() + p.float() * 1e-4 for p in cache.pos[layer]]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_evicting_equals_masking_in_the_hf_reference(arch, tmp_path):
+    """After eviction, later tokens see exactly what an HF forward sees when the evicted columns are masked."""
+    hf = hf_model(arch, **({"sliding_window": 64} if arch == "gemma3" else {}))  # custom 4D masks ignore windows
+    hf.save_pretrained(tmp_path)
+    model = build_decoder(*read_hf_dir(tmp_path))
+    n, q = 20, 5
+    ids, question = torch.randint(3, 96, (n,)).tolist(), torch.randint(3, 96, (1, q))
+    cache, _ = block_prefill(model, ids, block=n)
+    evict(model, cache, EvenPositionsPress(), [n // 2] * cache.n_layers, [], {})
+    allowed = torch.tril(torch.ones(n + q, n + q, dtype=torch.bool))
+    allowed[n:, 1:n:2] = False  # the question rows lose the odd history positions
+    mask = torch.zeros(1, 1, n + q, n + q).masked_fill(~allowed, float("-inf"))
+    with torch.no_grad():
+        got = model(question, cache=cache).logits
+        want = hf(torch.cat([torch.tensor([ids]), question], 1), attention_mask=mask).logits[:, n:]
+    assert all(cache.lengths(i) == [n // 2 + q] * model.cfg.n_kv_heads for i in range(cache.n_layers))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_sinks_are_never_evicted_and_the_rest_is_top_scored(models):
+    model = models["llama"]
+    cache, _ = block_prefill(model, torch.randint(3, 96, (20,)).tolist(), block=20)
+    before = [[(k.clone(), p.clone()) for k, p in zip(cache.k[i], cache.pos[i])] for i in range(cache.n_layers)]
+    evict(model, cache, FirstDimPress(sinks=3), [8] * cache.n_layers, [], {})
+    for i in range(cache.n_layers):
+        for h, (k, p) in enumerate(before[i]):
+            rest = k[3:, 0].topk(5).indices + 3  # the budget left after the 3 sinks
+            want = torch.cat([torch.arange(3), rest.sort().values])
+            assert torch.equal(cache.pos[i][h], p[want])

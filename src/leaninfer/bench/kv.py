@@ -54,6 +54,7 @@ class KVBenchConfig:
     methods: list[str] = field(default_factory=lambda: [*BASELINES, "epicache"])
     block: int = 256
     headwise: bool = False
+    sinks: int = 0  # the first N history positions are never evicted, by every method (0 = off)
     compress_sliding: bool = False  # sliding-window layers keep their window (see docs/kv.md)
     workers: int = 1  # conversations run in parallel processes
     max_new_tokens: int = 24
@@ -69,6 +70,8 @@ class KVBenchConfig:
             raise ValueError("ratios must be >= 1")
         if self.conversations < 1 or self.block < 1 or self.workers < 1:
             raise ValueError("conversations, block and workers must be >= 1")
+        if self.sinks < 0:
+            raise ValueError("sinks must be >= 0")
 
     @classmethod
     def quick(cls, **kw) -> KVBenchConfig:
@@ -163,7 +166,7 @@ class _Runner:
                 elif method == "epicache":
                     res = self._epicache(ids, qs, uniform, caps, sigma, episodes, routes)
                 else:
-                    press = make_press(method, tok, cfg.headwise)
+                    press = make_press(method, tok, cfg.headwise, cfg.sinks)
                     budgets = press.layer_budgets(uniform, caps)
                     cache, st = self.prefill(ids, press, budgets)
                     answers = [self.answer(cache, q) for q in qs]
@@ -195,7 +198,7 @@ class _Runner:
         answers: list[dict | None] = [None] * len(qs)
         peaks, prompt_peaks, stored, secs, trace, peak_tokens = [], [], 0, 0.0, None, None
         for e in sorted(set(int(x) for x in routes)):
-            press = EpisodicPress(headwise=cfg.headwise,
+            press = EpisodicPress(headwise=cfg.headwise, sinks=cfg.sinks,
                                   prompt_ids=tuple(patched_prompt_ids(self.tok, episodes.prompt_text(e))))
             cache, st = self.prefill(ids, press, budgets)  # one compressed cache per episode
             peaks.append(st.peak_context_bytes)

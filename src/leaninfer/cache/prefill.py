@@ -52,7 +52,7 @@ def evict(model, cache: CompressedKVCache, press: Press, budgets: list[int], blo
         a = attn.get(layer)
         if a is not None:  # align: a sliding-layer trim after the block removes a prefix of the entries
             a = [x[x.numel() - n :] for x, n in zip(a, cache.lengths(layer))]
-        keep = select_keep(press.score(cache, layer, a), budgets[layer], press.headwise)
+        keep = select_keep(press.keep_scores(cache, layer, a), budgets[layer], press.headwise)
         for h, idx in enumerate(keep):
             cache.keep(layer, h, idx)
     return True

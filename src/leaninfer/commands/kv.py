@@ -21,6 +21,8 @@ def bench_kv(
     ratios: Annotated[Optional[str], typer.Option(help="Compression ratios, e.g. 2,4,8.")] = None,
     methods: Annotated[Optional[list[str]], typer.Option(help="Subset of methods (repeat the option).")] = None,
     block: Annotated[Optional[int], typer.Option(min=1, help="Prefill block (tokens).")] = None,
+    sinks: Annotated[Optional[int], typer.Option(min=0, help="Never evict the first N history tokens (every "
+                                                 "method; covers the prompt header).")] = None,
     episodes: Annotated[Optional[int], typer.Option(min=1, help="EpiCache episodes E.")] = None,
     headwise: Annotated[bool, typer.Option(help="Head-wise non-uniform selection for every method.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Conversations in parallel processes.")] = 1,
@@ -31,7 +33,7 @@ def bench_kv(
     from leaninfer.bench.kv import KVBenchConfig, run_kv_bench, write_kv_report
 
     kw = {k: v for k, v in dict(conversations=conversations, max_sessions=max_sessions, questions=questions,
-                                block=block, data=data, precision=precision).items() if v is not None}
+                                block=block, sinks=sinks, data=data, precision=precision).items() if v is not None}
     if ratios:
         kw["ratios"] = [float(r) for r in ratios.split(",")]
     if methods:

@@ -11,15 +11,16 @@ PRESSES = {p.name: p for p in (StreamingLLMPress, SnapKVPress, PyramidKVPress, K
 
 
 
-def make_press(name: str, tokenizer=None, headwise: bool = False) -> Press:
-    """A baseline press by name (KVzip needs the tokenizer for its repeat prompt)."""
+def make_press(name: str, tokenizer=None, headwise: bool = False, sinks: int = 0) -> Press:
+    """A baseline press by name (KVzip needs the tokenizer for its repeat prompt); `sinks` first positions are
+    never evicted."""
     if name not in PRESSES:
         raise ValueError(f"unknown press {name!r}; available: {', '.join(sorted(PRESSES))}")
     if name == "kvzip":
         if tokenizer is None:
             raise ValueError("kvzip needs a tokenizer")
-        return KVzipPress(headwise=headwise, prefix_ids=repeat_prompt_ids(tokenizer))
-    return PRESSES[name](headwise=headwise)
+        return KVzipPress(headwise=headwise, sinks=sinks, prefix_ids=repeat_prompt_ids(tokenizer))
+    return PRESSES[name](headwise=headwise, sinks=sinks)
 
 
 __all__ = ["PRESSES", "KVzipPress", "KeyDiffPress", "Press", "PyramidKVPress", "SnapKVPress", "StreamingLLMPress",

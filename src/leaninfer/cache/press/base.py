@@ -22,6 +22,7 @@ PROMPT_SPEC = ScoreSpec(queries="all", keys="past", reduce="max")
 @dataclass
 class Press:
     headwise: bool = False
+    sinks: int = 0  # the first `sinks` positions are never evicted (the prompt header / attention sinks)
 
     name = "press"
 
@@ -40,6 +41,15 @@ class Press:
         """One score per entry of each head of `layer` (list of (n_h,) tensors). `attn`: recorded attention
         aligned with the entries (None when the press records nothing)."""
         raise NotImplementedError
+
+    def keep_scores(self, cache: CompressedKVCache, layer: int, attn: list[torch.Tensor] | None
+                    ) -> list[torch.Tensor]:
+        """`score`, with the first `sinks` positions raised to +inf so that eviction never removes them."""
+        scores = self.score(cache, layer, attn)
+        if self.sinks <= 0:
+            return scores
+        return [torch.where(p < self.sinks, torch.full_like(s, float("inf")), s)
+                for s, p in zip(scores, cache.pos[layer], strict=True)]
 
     def layer_budgets(self, budgets: list[int], caps: list[int]) -> list[int]:
         """Per-layer budgets from the uniform ones (same total); default: unchanged."""
