@@ -16,6 +16,7 @@ def bench_kv(
     json_path: Annotated[Path, typer.Option("--json")] = Path("reports/kv.json"),
     quick: Annotated[bool, typer.Option(help="1 conversation, 2 sessions, 4 questions, 4x only (minutes).")] = False,
     conversations: Annotated[Optional[int], typer.Option(min=1, help="First N LoCoMo conversations.")] = None,
+    skip: Annotated[Optional[int], typer.Option(min=0, help="Leave out the first N conversations.")] = None,
     max_sessions: Annotated[Optional[int], typer.Option(min=1, help="History = first N sessions.")] = None,
     questions: Annotated[Optional[int], typer.Option(min=1, help="Questions per conversation.")] = None,
     ratios: Annotated[Optional[str], typer.Option(help="Compression ratios, e.g. 2,4,8.")] = None,
@@ -32,7 +33,7 @@ def bench_kv(
     """Every method at every ratio on LoCoMo: fidelity/gold F1, log-likelihood, peak cache, latency."""
     from leaninfer.bench.kv import KVBenchConfig, run_kv_bench, write_kv_report
 
-    kw = {k: v for k, v in dict(conversations=conversations, max_sessions=max_sessions, questions=questions,
+    kw = {k: v for k, v in dict(conversations=conversations, skip=skip, max_sessions=max_sessions, questions=questions,
                                 block=block, sinks=sinks, data=data, precision=precision).items() if v is not None}
     if ratios:
         kw["ratios"] = [float(r) for r in ratios.split(",")]
@@ -49,6 +50,7 @@ def bench_kv(
 def ask(
     question: Annotated[list[str], typer.Option("--question", "-q", help="Question(s) about the conversation.")],
     conversation: Annotated[int, typer.Option(min=0, help="LoCoMo conversation index.")] = 0,
+    skip: Annotated[Optional[int], typer.Option(min=0, help="Leave out the first N conversations.")] = None,
     max_sessions: Annotated[Optional[int], typer.Option(min=1)] = 2,
     ratio: Annotated[float, typer.Option(min=1.0, help="Compression ratio of the KV budget.")] = 4.0,
     episodes: Annotated[int, typer.Option(min=1)] = 2,
