@@ -25,6 +25,8 @@ def bench_kv(
     sinks: Annotated[Optional[int], typer.Option(min=0, help="Never evict the first N history tokens (every "
                                                  "method; covers the prompt header).")] = None,
     episodes: Annotated[Optional[int], typer.Option(min=1, help="EpiCache episodes E.")] = None,
+    alpha: Annotated[Optional[float], typer.Option(min=0.0, help="EpiCache sensitivity-aware layer budgets with "
+                                                   "this sharpness (default: off, uniform budgets).")] = None,
     headwise: Annotated[bool, typer.Option(help="Head-wise non-uniform selection for every method.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Conversations in parallel processes.")] = 1,
     data: Annotated[Optional[Path], typer.Option(help="LoCoMo JSON (default ../shared/data/locomo).")] = None,
@@ -42,6 +44,8 @@ def bench_kv(
     cfg = (KVBenchConfig.quick if quick else KVBenchConfig)(headwise=headwise, workers=workers, **kw)
     if episodes:
         cfg.epi.n_episodes = episodes
+    if alpha is not None:
+        cfg.epi.alpha, cfg.epi.sensitivity = alpha, alpha > 0
     paths = write_kv_report(run_kv_bench(cfg), json_path)
     typer.echo(paths[1].read_text())
 
