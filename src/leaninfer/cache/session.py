@@ -41,6 +41,7 @@ class SessionConfig:
     tau: float = 0.2  # a turn less similar than this to every episode opens a new episode
     recent: int = 8  # utterances of an episode that form its scoring prompt for new turns
     max_new_tokens: int = 24
+    sinks: int = 64  # the first N tokens of the conversation (its prompt header) are never evicted
     epi: EpiConfig = field(default_factory=EpiConfig)
 
     def __post_init__(self) -> None:
@@ -48,6 +49,8 @@ class SessionConfig:
             raise ValueError("budget must be >= 1")
         if self.ratio < 1 or self.block < 1 or self.n_episodes < 1 or self.recent < 1:
             raise ValueError("ratio, block, n_episodes and recent must be >= 1")
+        if self.sinks < 0:
+            raise ValueError("sinks must be >= 0")
 
 
 @dataclass
@@ -78,8 +81,10 @@ class ChatSession:
         return cache
 
     def _press(self, ep: _Episode) -> EpisodicPress:
-        text = "".join(ep.utterances[-self.cfg.recent :]) or " "
-        return EpisodicPress(prompt_ids=tuple(patched_prompt_ids(self.tok, text)))
+        return self._press_for("".join(ep.utterances[-self.cfg.recent :]) or " ")
+
+    def _press_for(self, text: str) -> EpisodicPress:
+        return EpisodicPress(sinks=self.cfg.sinks, prompt_ids=tuple(patched_prompt_ids(self.tok, text)))
 
     def _append(self, ep: _Episode, ids: list[int]) -> None:
         ep.cache.next_position = self.position
@@ -99,8 +104,7 @@ class ChatSession:
         eps = cluster_episodes(self.embedder.encode(windows), windows, epi)
         self.episodes = []
         for e in range(len(eps.medoids)):
-            press = EpisodicPress(prompt_ids=tuple(patched_prompt_ids(self.tok, eps.prompt_text(e))))
-            cache, _ = block_prefill(self.model, ids, press, self.budgets, self.cfg.block)
+            cache, _ = block_prefill(self.model, ids, self._press_for(eps.prompt_text(e)), self.budgets, self.cfg.block)
             members = [windows[i] for i in np.nonzero(eps.labels == e)[0]]
             self.episodes.append(_Episode(eps.centroids[e], cache, members, len(members)))
         self.position = len(ids)
