@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SFTConfig:
     base: str = "gemma3-moe"  # name of a built MoE (cache_dir("moe")/<base>) or a model folder
-    steps: int = 300
+    steps: int = 200
     seq_len: int = 128
     lr: float = 1e-4
     router_lr: float = 1e-3
