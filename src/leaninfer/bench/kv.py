@@ -377,10 +377,12 @@ def _plot(result: dict, path: Path) -> Path:
     cfg, summary = result["config"], result["summary"]
     ratios = sorted(cfg["ratios"])
 
+    colors = {m: f"C{i}" for i, m in enumerate(cfg["methods"])}  # one colour per method in every panel
+
     def draw(axes) -> None:
         for m in cfg["methods"]:
             for ax, key in zip(axes[:2], ("fidelity_f1", "gold_f1")):
-                ax.plot(ratios, [summary[m][_key(r)][key] for r in ratios], marker="o", label=m)
+                ax.plot(ratios, [summary[m][_key(r)][key] for r in ratios], marker="o", label=m, color=colors[m])
         axes[1].axhline(summary["full"]["gold_f1"], color="k", ls="--", label="full KV")
         for ax, title in zip(axes[:2], ("fidelity F1 (vs full-KV answer)", "gold F1")):
             ax.set_xscale("log", base=2)
@@ -389,7 +391,9 @@ def _plot(result: dict, path: Path) -> Path:
             ax.legend(fontsize=7)
         conv = result["conversations"][0]
         for name, trace in conv["traces"].items():
-            axes[2].plot([t[0] for t in trace], [t[1] / MB for t in trace], label=name)
+            label = "full KV (block prefill, windowed)" if name == "full" else name
+            axes[2].plot([t[0] for t in trace], [t[1] / MB for t in trace], label=label, color=colors.get(name, "k"))
+        axes[2].axhline(conv["static_cache_mb"], color="k", ls=":", label="full KV one-shot (static cache)")
         axes[2].set_xlabel("history tokens prefilled")
         axes[2].set_ylabel("cache MB (before eviction)")
         axes[2].set_title(f"memory over the prefill ({conv['sample_id']}, {cfg['trace_ratio']:g}x)")
