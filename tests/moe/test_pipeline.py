@@ -66,13 +66,14 @@ def test_cli_build_and_single_oracle(tiny, monkeypatch):
     built = json.loads(res.stdout.strip().splitlines()[-1])
     assert built["steps_done"] == 3 and built["tokens"] == 48 and built["clock"] == "cpu"
     res = runner.invoke(app, ["moe", "phds", "--base", "cli-moe", "--no-phds", "--oracle-k", "1", "--k", "1",
-                              "--k", "2", "--anchor-k", "1", "--steps", "2", "--loss", "ce", "--json"])
+                              "--k", "2", "--anchor-k", "1", "--steps", "2", "--loss", "ce", "--lr", "3e-5", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert list(out) == ["oracle1"]
     assert not build.model_dir("cli-moe-phds").exists()
     meta = json.loads((build.model_dir("cli-moe-oracle1") / "sft.json").read_text())
     assert meta["oracle_k"] == 1 and meta["train"]["steps_done"] == 2 and meta["loss"] == "ce"
+    assert meta["config"]["lr"] == 3e-5 and meta["config"]["router_lr"] == SFTConfig().router_lr
 
 
 def _tiny_build(tiny, name: str) -> None:

@@ -67,6 +67,9 @@ def moe_phds(
     phds: Annotated[bool, typer.Option(help="Run the PHDS SFT.")] = True,
     loss: Annotated[str, typer.Option(help="kd: KL to the dense model the MoE was built from; ce: next-token "
                                            "cross-entropy on the training text.")] = "kd",
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak LR of the experts (default: SFTConfig).")
+                  ] = None,
+    router_lr: Annotated[Optional[float], typer.Option(min=0.0, help="Peak LR of the routers.")] = None,
     max_minutes: Annotated[Optional[float], typer.Option()] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -75,8 +78,9 @@ def moe_phds(
 
     logging.basicConfig(level=logging.INFO)
     try:
+        opts = {key: v for key, v in (("steps", steps), ("lr", lr), ("router_lr", router_lr)) if v is not None}
         cfg = SFTConfig(base=base, k_set=k_set or [4, 6, 8], anchor_k=anchor_k, max_minutes=max_minutes, loss=loss,
-                        **({"steps": steps} if steps else {}))
+                        **opts)
         out = {"phds": str(run_sft(cfg))} if phds else {}
         ks = sorted(set((cfg.k_set if oracles else []) + (oracle_k or [])))
         out.update({f"oracle{k}": str(run_sft(cfg, oracle_k=k)) for k in ks})
