@@ -71,7 +71,8 @@ def feature_rows(reports: Path) -> list[tuple[str, str, str]]:
                      f"{_f(h.get('oracle_agreement'))}; RoE ppl {_f(h.get('roe_ppl'))} vs plain "
                      f"{_f(h.get('plain_ppl_same_k'))} at {_f(h.get('roe_cost_ratio'))}× the cost; decode ms/token "
                      + " / ".join(f"{_f(h[k].get('ms_per_token'), '{:.0f}')}" for k in ks) + f" at k={'/'.join(ks)}"
-                     " (MoE derived from the dense model in a 38-minute CPU build: ppl well above the dense 24.6) "
+                     " (MoE derived from the dense model in a 59-minute CPU build, 9 min set-up + 50 CPU-min "
+                     "distillation: ppl 91 at k=8, well above the dense 24.6) "
                      "([moe](reports/moe.md))"))
     else:
         rows.append(("MoE runtime k (per call / per layer), PHDS, Roster of Experts", "partial",
