@@ -71,9 +71,7 @@ def feature_rows(reports: Path) -> list[tuple[str, str, str]]:
                      f"{_f(h.get('oracle_agreement'))}; RoE ppl {_f(h.get('roe_ppl'))} vs plain "
                      f"{_f(h.get('plain_ppl_same_k'))} at {_f(h.get('roe_cost_ratio'))}× the cost; decode ms/token "
                      + " / ".join(f"{_f(h[k].get('ms_per_token'), '{:.0f}')}" for k in ks) + f" at k={'/'.join(ks)}"
-                     " (MoE derived from the dense model in a 59-minute CPU build, 9 min set-up + 50 CPU-min "
-                     "distillation: ppl 91 at k=8, well above the dense 24.6) "
-                     "([moe](reports/moe.md))"))
+                     + _moe_build_text(mo, ks[-1]) + " ([moe](reports/moe.md))"))
     else:
         rows.append(("MoE runtime k (per call / per layer), PHDS, Roster of Experts", "partial",
                      "parity-tested; see docs/moe.md"))
@@ -132,3 +130,11 @@ def _kv_status(t: dict) -> str:
              "peak_at_most_third": "peak > 1/3"}
     missed = [v for k, v in names.items() if not t.get(k)]
     return "done" if not missed else f"partial ({'; '.join(missed)}: see report)"
+
+
+def _moe_build_text(mo: dict, k_native: str) -> str:
+    """How the benchmarked MoE was built, from the report: distillation budget and perplexity vs the dense model."""
+    build = mo.get("training", {}).get("build", {})
+    return (f" (MoE derived from the dense model: {_f(build.get('cpu_minutes'), '{:.0f}')} CPU-min of distillation "
+            f"after the set-up, docs/moe.md; ppl {_f(mo['headline'][k_native].get('base_ppl'), '{:.0f}')} at "
+            f"k={k_native}, dense {_f(mo.get('dense', {}).get('ppl'), '{:.1f}')})")
