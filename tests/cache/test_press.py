@@ -7,7 +7,7 @@ from helpers import hf_model
 from leaninfer.cache.budget import allocate, full_lengths, select_keep, uniform_budgets
 from leaninfer.cache.episodic import EpisodicPress
 from leaninfer.cache.prefill import block_prefill, evict
-from leaninfer.cache.press import PRESSES, KVzipPress, Press, PyramidKVPress
+from leaninfer.cache.press import PRESSES, KVzipPress, Press, PyramidKVPress, StreamingLLMPress
 from leaninfer.io.hf import read_hf_dir
 from leaninfer.models.build import build_decoder
 
@@ -158,3 +158,12 @@ def test_sinks_are_never_evicted_and_the_rest_is_top_scored(models):
             rest = k[3:, 0].topk(5).indices + 3  # the budget left after the 3 sinks
             want = torch.cat([torch.arange(3), rest.sort().values])
             assert torch.equal(cache.pos[i][h], p[want])
+
+
+def test_streaming_llm_keeps_its_sinks_and_the_most_recent(models):
+    model = models["llama"]
+    for press, sinks in ((StreamingLLMPress(), 4), (StreamingLLMPress(sinks=6), 6)):
+        c, _ = block_prefill(model, torch.randint(3, 96, (20,)).tolist(), block=20)
+        evict(model, c, press, [10] * c.n_layers, [], {})
+        want = list(range(sinks)) + list(range(20 - (10 - sinks), 20))
+        assert all(p.tolist() == want for i in range(c.n_layers) for p in c.pos[i])

@@ -42,13 +42,17 @@ class Press:
         aligned with the entries (None when the press records nothing)."""
         raise NotImplementedError
 
+    def protected(self) -> int:
+        """How many leading positions eviction never removes."""
+        return self.sinks
+
     def keep_scores(self, cache: CompressedKVCache, layer: int, attn: list[torch.Tensor] | None
                     ) -> list[torch.Tensor]:
-        """`score`, with the first `sinks` positions raised to +inf so that eviction never removes them."""
-        scores = self.score(cache, layer, attn)
-        if self.sinks <= 0:
+        """`score`, with the first `protected()` positions raised to +inf so that eviction never removes them."""
+        scores, n = self.score(cache, layer, attn), self.protected()
+        if n <= 0:
             return scores
-        return [torch.where(p < self.sinks, torch.full_like(s, float("inf")), s)
+        return [torch.where(p < n, torch.full_like(s, float("inf")), s)
                 for s, p in zip(scores, cache.pos[layer], strict=True)]
 
     def layer_budgets(self, budgets: list[int], caps: list[int]) -> list[int]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from leaninfer.cache.press.base import Press
 
 
@@ -19,9 +17,8 @@ class StreamingLLMPress(Press):
         if self.n_sink < 0:
             raise ValueError("n_sink must be >= 0")
 
+    def protected(self) -> int:
+        return max(self.sinks, self.n_sink)  # its own sinks, through the shared sink mechanism
+
     def score(self, cache, layer, attn):
-        out = []
-        for p in cache.pos[layer]:
-            s = p.float()  # recency: later positions score higher
-            out.append(torch.where(p < self.n_sink, torch.full_like(s, float("inf")), s))
-        return out
+        return [p.float() for p in cache.pos[layer]]  # recency: later positions score higher
