@@ -107,9 +107,12 @@ class _Runner:
         self.layer_types, self.window = mc.layer_types, mc.sliding_window
 
     def _saved(self, sample_id: str, method: str, ratio: float) -> Path:
-        """Where a finished (conversation, method, ratio) cell is kept so an interrupted run resumes."""
+        """Where a finished (conversation, method, ratio) cell is kept so an interrupted run resumes. The key
+        holds what the cell depends on: EpiCache's settings only matter to EpiCache cells."""
         cfg = {**asdict(self.cfg), "workers": None, "methods": None, "ratios": None, "conversations": None,
                "skip": None, "source": self.engine.source, "precision": self.engine.precision}
+        if method != "epicache":
+            cfg["epi"] = None
         digest = hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
         return cache_dir("kv", "cells", digest) / f"{sample_id}-{method}-{_key(ratio)}.json"
 
