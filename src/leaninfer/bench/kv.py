@@ -355,7 +355,7 @@ def write_kv_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
             + f" --max-sessions {cfg['max_sessions']} --questions {cfg['questions']} --ratios "
             + ",".join(ratios) + f" --sinks {cfg.get('sinks', 0)} --workers {cfg['workers']}"
             + (f" --alpha {cfg['epi']['alpha']:g}" if cfg["epi"]["sensitivity"] else "")
-            + (f" --methods {' --methods '.join(methods)}" if len(methods) < 6 else ""))
+            + (f" --methods {' --methods '.join(methods)}" if methods != [*BASELINES, "epicache"] else ""))
     setup += f"\n\nReproduce: `leaninfer bench kv {opts} --json {json_path}`"
     tg = result.get("targets") or {}
     checks = "\n".join(f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in tg.items())
