@@ -61,9 +61,9 @@ def write_word_tokenizer(folder, vocab_size: int = 96) -> list[str]:
     return words
 
 
-def tiny_model_dir(folder, arch: str = "gemma3", seed: int = 0):
+def tiny_model_dir(folder, arch: str = "gemma3", seed: int = 0, **overrides):
     """An HF checkpoint folder (config, safetensors, tokenizer.json) of a tiny random model."""
-    hf = hf_model(arch, seed)
+    hf = hf_model(arch, seed, **overrides)
     hf.save_pretrained(folder)
     write_word_tokenizer(folder)
     return hf

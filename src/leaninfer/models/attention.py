@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leaninfer.models import kernels
 from leaninfer.models.config import ModelConfig
 
 
@@ -23,6 +24,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = kernels.rmsnorm(x, self.weight, self.offset, self.eps)  # C++ fast path (inference, fp32, CPU)
+        if fused is not None:
+            return fused
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * (self.offset + self.weight.float())).to(x.dtype)
@@ -144,25 +148,38 @@ class Attention(nn.Module):
         """x: (B, T, dim); cos/sin: (B, T, D); mask: (B, 1, T, S). Returns (B, T, dim)."""
         cfg = self.cfg
         B, T, _ = x.shape
-        if hasattr(self, "qkv"):  # fused projection (quantised models)
+        fast = None
+        if hasattr(self, "qkv") and cfg.qk_norm in (None, "head"):  # fused projection (quantised models)
+            qkv = self.qkv(x)
+            norms = (self.q_norm, self.k_norm) if cfg.qk_norm == "head" else (None, None)
+            fast = kernels.qk_prep(qkv, cfg.n_heads, cfg.n_kv_heads, *norms, cos, sin)  # C++ norm + RoPE
+            if fast is None:
+                q, k, v = qkv.split(self.split, dim=-1)
+        elif hasattr(self, "qkv"):
             q, k, v = self.qkv(x).split(self.split, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if cfg.qk_norm == "full":
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-        if cfg.qk_norm == "head":
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if fast is not None:
+            q, k, v = (t.transpose(1, 2) for t in fast)  # (B, H, T, D) views of (B, T, H, D)
+        else:
+            if cfg.qk_norm == "full":
+                q, k = self.q_norm(q), self.k_norm(k)
+            q = q.view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = k.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+            v = v.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+            if cfg.qk_norm == "head":
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if getattr(cache, "varlen", False):  # per-head variable-length cache (cache/compressed.py)
             window = cfg.sliding_window if self.sliding else None
             out = cache.attend(self.layer, q, k, v, window, cfg.scale)  # (B, H, T, D)
             return self.o_proj(out.transpose(1, 2).reshape(B, T, cfg.n_heads * cfg.head_dim))
         if cache is not None:
             k, v = cache.write(self.layer, start, k, v)  # (B, Hkv, S, D)
-        if self.row_invariant and T <= ROW_INVARIANT_MAX_T:
+        fast = kernels.row_attention(q, k, v, mask, cfg.scale) if self.row_invariant else None
+        if fast is not None:  # C++ row-invariant fp32 attention, any block length
+            out = fast
+        elif self.row_invariant and T <= ROW_INVARIANT_MAX_T:
             out = row_invariant_attention(q, k.to(q.dtype), v.to(q.dtype), mask, cfg.scale)
         else:
             out = F.scaled_dot_product_attention(

@@ -1,4 +1,10 @@
-"""Weight-only precision: bf16, int8 (per output channel) and int4 (group-wise, asymmetric) linears.
+"""Linear precisions: W8A8 (the default: int8 weights on the Q8_0 grid and int8 block activations), and weight-only
+bf16, int8 (per output channel) and int4 (group-wise, asymmetric) linears.
+
+- w8a8: weights as int8 codes with one fp16 scale per 32 inputs (GGUF's Q8_0 grid: the default model's Q8_0
+  head comes back exactly), activations quantised per row and 32-block inside the kernel, int32 dots and a
+  fixed fp32 epilogue (models/kernels): every row is bit-identical whatever the block size, so speculative
+  verification is exact by construction.
 
 Kernels were chosen by measurement on a 2-core AVX-512 CPU (see docs/architecture.md):
 - int8: `torch._weight_int8pack_mm` (bf16 activations) in chunks of 4 rows up to 16 rows; more rows (prefill)
@@ -14,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRECISIONS = ("fp32", "bf16", "int8", "int4")
+from leaninfer.models import kernels
+
+PRECISIONS = ("fp32", "bf16", "int8", "int4", "w8a8")
 INT8_PACK_MAX_ROWS = 4
 INT8_PACK_CHUNKED_ROWS = 16
 
@@ -50,8 +58,8 @@ class QuantLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, precision: str, group: int = 32) -> None:
         super().__init__()
-        if precision not in ("bf16", "int8", "int4"):
-            raise ValueError(f"QuantLinear precision must be bf16|int8|int4, got {precision!r}")
+        if precision not in ("bf16", "int8", "int4", "w8a8"):
+            raise ValueError(f"QuantLinear precision must be bf16|int8|int4|w8a8, got {precision!r}")
         if precision == "int4" and in_features % group:
             raise ValueError(f"in_features {in_features} is not a multiple of the int4 group size {group}")
         self.precision, self.group = precision, group
@@ -60,6 +68,11 @@ class QuantLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(N), requires_grad=False) if bias else None
         if precision == "bf16":
             self.register_buffer("w", torch.empty(N, K, dtype=torch.bfloat16))
+        elif precision == "w8a8":  # odd shapes are zero-padded to whole tiles/blocks (exact: zeros add nothing)
+            Np, Kp = _ceil(N, kernels.TILE), _ceil(K, kernels.BLOCK)
+            self.register_buffer("w", torch.empty(Np // kernels.TILE, Kp // kernels.BLOCK, 256, dtype=torch.int8))
+            self.register_buffer("scale", torch.empty(Np // kernels.TILE, Kp // kernels.BLOCK, kernels.TILE,
+                                                      dtype=torch.int16))  # fp16 bits
         elif precision == "int8":
             self.register_buffer("w", torch.empty(N, K, dtype=torch.int8))
             self.register_buffer("scale", torch.empty(N, dtype=torch.bfloat16))
@@ -76,6 +89,9 @@ class QuantLinear(nn.Module):
             layer.bias.data = bias.detach().float().clone()
         if precision == "bf16":
             layer.w = w.to(torch.bfloat16)
+        elif precision == "w8a8":
+            wp = F.pad(w, (0, _ceil(K, kernels.BLOCK) - K, 0, _ceil(N, kernels.TILE) - N))
+            layer.w, layer.scale = kernels.pack_q8(*kernels.quantize_weight_q8(wp))
         elif precision == "int8":
             q, s = quantize_int8(w)
             layer.w, layer.scale = q, s.to(torch.bfloat16)
@@ -90,6 +106,10 @@ class QuantLinear(nn.Module):
         eye = torch.eye(self.in_features, dtype=torch.bfloat16)
         if self.precision == "bf16":
             return self.w.float()
+        if self.precision == "w8a8":
+            q, d = kernels.unpack_q8(self.w, self.scale)
+            w = (q.float().view(q.shape[0], -1, kernels.BLOCK) * d.float()[..., None]).view(q.shape)
+            return w[: self.out_features, : self.in_features].contiguous()
         return self._matmul(eye).float().t().contiguous()
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:  # x2: (M, K) bf16 -> (M, N) bf16
@@ -107,6 +127,17 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
+        if self.precision == "w8a8":  # fp32 in, fp32 out; activations are quantised inside the kernel
+            x2 = x.reshape(-1, shape[-1]).float()
+            if self.w.shape[1] * kernels.BLOCK != self.in_features:
+                x2 = F.pad(x2, (0, self.w.shape[1] * kernels.BLOCK - self.in_features))
+            y = kernels.q8_matmul(x2, self.w, self.scale)
+            if y.shape[1] != self.out_features:
+                y = y[:, : self.out_features]
+            y = y.to(x.dtype)
+            if self.bias is not None:
+                y = y + self.bias.to(x.dtype)
+            return y.view(*shape[:-1], self.out_features)
         y = self._matmul(x.reshape(-1, shape[-1]).to(torch.bfloat16)).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
@@ -134,9 +165,11 @@ def quantize_model(model: nn.Module, precision: str, group: int = 32, empty: boo
             module.row_invariant = True
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child.in_features % group == 0:
+            if isinstance(child, nn.Linear) and _quantisable(child, precision, group):
                 setattr(module, child_name, _make(child.weight, child.bias, precision, group, empty))
-    if getattr(model, "lm_head", "absent") is None:  # tied head: quantise a copy of the embedding
+    head = nn.Linear(model.embed.weight.shape[1], model.embed.weight.shape[0], bias=False, device="meta") \
+        if hasattr(model, "embed") else None
+    if getattr(model, "lm_head", "absent") is None and _quantisable(head, precision, group):  # tied head: a copy
         model.lm_head = _make(model.embed.weight, None, precision, group, empty)
     return model
 
@@ -152,6 +185,14 @@ def align_buffers(model: nn.Module, alignment: int = 64) -> nn.Module:
                 if buf.data_ptr() % alignment:
                     setattr(module, name, buf.clone())
     return model
+
+
+def _quantisable(linear: nn.Linear, precision: str, group: int) -> bool:
+    return precision == "w8a8" or linear.in_features % group == 0
+
+
+def _ceil(n: int, m: int) -> int:
+    return -(-n // m) * m
 
 
 def _make(weight, bias, precision, group, empty) -> QuantLinear:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leaninfer.cache.kv import KVCache
+from leaninfer.models import kernels
 from leaninfer.models.attention import Attention, RMSNorm, build_mask, rope_table
 from leaninfer.models.config import ModelConfig
 from leaninfer.models.moe import MoE, Routing, act_fn
@@ -51,9 +52,15 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache=None, start=0, routing=None) -> torch.Tensor:
         h = self.attn(self.input_norm(x), cos, sin, mask, cache, start)
-        x = x + (self.post_attn_norm(h) if self.sandwich else h)
+        x = _add_norm(x, h, self.post_attn_norm) if self.sandwich else x + h
         h = self.ffn(self.ffn_norm(x), routing)
-        return x + (self.post_ffn_norm(h) if self.sandwich else h)
+        return _add_norm(x, h, self.post_ffn_norm) if self.sandwich else x + h
+
+
+def _add_norm(x: torch.Tensor, h: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+    """x + norm(h), fused into one C++ op on the inference fast path."""
+    fused = kernels.rmsnorm(h, norm.weight, norm.offset, norm.eps, residual=x)
+    return fused if fused is not None else x + norm(h)
 
 
 @dataclass
