@@ -16,7 +16,7 @@ from leaninfer.eval.perplexity import agreement, perplexity, text_corpus
 @dataclass
 class PrecisionBenchConfig:
     model: str = "default"
-    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8", "int4"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8", "int4", "w8a8"])
     n_texts: int = 20
     max_len: int = 256
     greedy_tokens: int = 32

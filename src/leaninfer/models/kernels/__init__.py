@@ -1,9 +1,10 @@
 """W8A8 block kernels: int8 weights on the Q8_0 grid (one fp16 scale per 32 weights along K), int8 activations
 with one fp32 scale per 32-block, int32 dots, one fixed fp32 epilogue (see q8.cpp).
 
-`q8_matmul(x, w, s)` and `row_attention(...)` run the C++ AVX2 kernels when it builds on this machine (built once with the system
-compiler through `torch.utils.cpp_extension`, cached under the user cache) and otherwise the pure-PyTorch
-reference `q8_matmul_reference`, which does the same arithmetic op for op, so both give bit-identical results.
+`q8_matmul(x, w, s)`, `row_attention(...)` and the fused ops run the C++ AVX2 kernels when they build here
+(once, with the system compiler through `torch.utils.cpp_extension`, cached under the user cache). Otherwise
+`q8_matmul` runs the PyTorch reference `q8_matmul_reference` (the same arithmetic op for op: bit-identical), and
+attention, norms and RoPE run their PyTorch paths.
 `LEANINFER_KERNELS=reference` forces the reference.
 """
 
