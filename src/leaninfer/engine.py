@@ -12,6 +12,7 @@ import torch
 from leaninfer.generate.loop import TextStream
 from leaninfer.generate.methods import METHODS
 from leaninfer.generate.sampling import SamplingConfig
+from leaninfer.generate.threads import ThreadPolicy
 from leaninfer.io import ModelLoadError
 from leaninfer.io.store import quantized_path, read_model_config, read_model_dir, resolve
 from leaninfer.io.tokenizer import Tokenizer
@@ -33,8 +34,10 @@ class GenerationResult:
 
 
 class Engine:
-    def __init__(self, model: Decoder, tokenizer: Tokenizer | None, precision: str, source: str = "") -> None:
+    def __init__(self, model: Decoder, tokenizer: Tokenizer | None, precision: str, source: str = "",
+                 threads: int | str = "auto") -> None:
         self.model, self.tokenizer, self.precision, self.source = model, tokenizer, precision, source
+        self.threads = ThreadPolicy(threads)  # "auto": the cores other processes leave free (generate/threads.py)
         eos = set(model.cfg.eos_token_ids)
         if tokenizer is not None:
             eos |= set(tokenizer.eos_ids)
@@ -119,6 +122,7 @@ class Engine:
             raise ValueError(f"prompt ({len(ids)}) + max_new_tokens ({max_new_tokens}) exceeds the context "
                              f"({self.cfg.max_seq_len})")
         sampling = SamplingConfig(temperature, top_k, top_p, seed)
+        threads = self.threads.apply() if self.device.type == "cpu" else None
         text_stream = TextStream(self.tokenizer.decode, stop, stream) if self.tokenizer else None
         on_token = text_stream.push if text_stream and (stop or stream) else None
         t0 = time.perf_counter()
@@ -150,6 +154,7 @@ class Engine:
             "tpot_s": (e2e - out.ttft_s) / (n - 1) if n > 1 else float("nan"),
             "target_forwards": out.target_forwards,
             "mean_accepted_tokens": (n - 1) / decode_forwards if n > 1 else 1.0,
+            "threads": threads,
             **out.extra,
         }
         return GenerationResult(tokens, text, stats, out.finish_reason)
@@ -176,11 +181,15 @@ def _load_model(folder: Path, precision: str) -> tuple[Decoder, Tokenizer | None
     return model, tok
 
 
-def load(name_or_path: str | Path = "default", precision: str | None = None, device: str | None = None) -> Engine:
+def load(name_or_path: str | Path = "default", precision: str | None = None, device: str | None = None,
+         threads: int | str = "auto") -> Engine:
     """Load a model by name ("default") or path (GGUF file, HF folder, converted folder) into an `Engine`.
 
-    precision: "fp32" (exact reference), "bf16", "int8" or "int4" weight-only; None = DEFAULT_PRECISION.
+    precision: "w8a8" (int8 weights on the Q8_0 grid x int8 block activations), "fp32" (exact reference), or
+    weight-only "bf16", "int8", "int4"; None = DEFAULT_PRECISION. threads: "auto" (the cores other processes
+    leave free, re-chosen at each generate) or a fixed count.
     """
+    ThreadPolicy(threads)  # validate before any work
     precision = precision or DEFAULT_PRECISION
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -190,4 +199,4 @@ def load(name_or_path: str | Path = "default", precision: str | None = None, dev
     model, tok = _load_model(folder, precision)
     if device:
         model = model.to(device)
-    return Engine(model, tok, precision, str(folder))
+    return Engine(model, tok, precision, str(folder), threads)

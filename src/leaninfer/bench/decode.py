@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from leaninfer.bench import step
 from leaninfer.bench.report import machine_info, markdown_table, median, write_json, write_markdown, write_plot
 from leaninfer.eval.specbench import format_prompt, load_questions
+from leaninfer.models.kernels import kernel_note
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,14 @@ class DecodeBenchConfig:
     repeats: int = 3
     backends: list[str] = field(default_factory=lambda: ["ours", "ours_fp32", "hf", "llamacpp"])
     threads: int | None = None
+    engine_checks: bool = True  # verify cost curve, TTFT 512/2048, roofline, busy core, quality vs fp32
+    quality_texts: int = 20
+    quality_prompts: int = 13
 
     @classmethod
     def quick(cls, **kw) -> DecodeBenchConfig:
-        return cls(per_category=None, max_new_tokens=32, repeats=1, **kw)
+        return cls(**{"per_category": None, "max_new_tokens": 32, "repeats": 1, "quality_texts": 4,
+                      "quality_prompts": 4, **kw})
 
 
 class RssSampler:
@@ -93,7 +99,7 @@ def _time_runs(name, fn, prompts, cfg: DecodeBenchConfig, sampler: RssSampler) -
 def _ours(cfg, precision):
     import leaninfer
 
-    engine = leaninfer.load(cfg.model, precision=precision)
+    engine = leaninfer.load(cfg.model, precision=precision, threads=cfg.threads or "auto")
 
     def run(prompt):
         out = engine.generate(prompt, max_new_tokens=cfg.max_new_tokens, eos=False)
@@ -146,7 +152,10 @@ def _llamacpp(cfg):
     from leaninfer.io.store import default_gguf
 
     gguf = default_gguf() if cfg.model == "default" else Path(cfg.model)
-    llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False, seed=0)
+    from leaninfer.generate.threads import cores
+
+    n = cfg.threads or cores()
+    llm = Llama(model_path=str(gguf), n_ctx=4096, n_threads=n, n_threads_batch=n, verbose=False, seed=0)
 
     def run(prompt):
         t0 = time.perf_counter()
@@ -172,6 +181,8 @@ def run_decode_bench(cfg: DecodeBenchConfig) -> dict:
         questions = [q for q in questions if q.category in ("writing", "qa", "summarization", "math_reasoning")][:4]
     prompts = [format_prompt(q) for q in questions]
     sampler = RssSampler()
+    engine_stats: dict = {}
+    llama_ttft: dict = {}
     results: dict[str, dict | None] = {}
     notes: dict[str, str] = {}
     for backend in cfg.backends:
@@ -193,6 +204,10 @@ def run_decode_bench(cfg: DecodeBenchConfig) -> dict:
         else:
             raise ValueError(f"unknown backend {backend!r}")
         results[backend] = _time_runs(backend, fn, prompts, cfg, sampler)
+        if backend == "ours" and cfg.engine_checks:
+            engine_stats = _engine_checks(keep, prompts[0])
+        if backend == "llamacpp" and cfg.engine_checks:
+            llama_ttft = {n: step.llamacpp_prefill_ms(keep, n) for n in (512, 2048)}
         del fn, keep
     sampler.close()
     ours, hf, lc = results.get("ours"), results.get("hf"), results.get("llamacpp")
@@ -204,15 +219,47 @@ def run_decode_bench(cfg: DecodeBenchConfig) -> dict:
         "llamacpp_tokens_per_s": lc and lc["tokens_per_s"],
         "speedup_vs_hf": (ours["tokens_per_s"] / hf["tokens_per_s"]) if ours and hf else None,
         "ratio_to_llamacpp": (ours["tokens_per_s"] / lc["tokens_per_s"]) if ours and lc else None,
+        "precision": precision,
     }
+    if cfg.engine_checks:
+        quality = _quality(cfg, precision, prompts)
+        headline.update({
+            "verify_cost_ratio": engine_stats["verify"]["ratio"],
+            "ppl_delta_pct": quality["ppl_delta_pct"],
+            "greedy_identical_to_fp32": quality["greedy_identical_to_fp32"],
+            "ttft_ms_512": engine_stats["ttft_ms"]["512"], "ttft_ms_2048": engine_stats["ttft_ms"]["2048"],
+            "llamacpp_ttft_ms_512": llama_ttft.get(512), "llamacpp_ttft_ms_2048": llama_ttft.get(2048),
+        })
+        engine_stats["quality"] = quality
     return {
         "benchmark": "decode",
         "config": {**asdict(cfg), "questions": str(cfg.questions or "default"), "n_prompts": len(prompts)},
         "machine": machine_info(),
         "headline": headline,
         "backends": results,
+        "engine": engine_stats,
         "notes": notes,
     }
+
+
+def _engine_checks(engine, prompt: str) -> dict:
+    """Verification cost curve, TTFT at 512/2048 tokens, bytes per token, roofline, busy-core threads."""
+    model = engine.model
+    ctx = step.long_ids(engine.encode, 256)
+    stats = {"verify": step.verify_cost_curve(model, ctx),
+             "ttft_ms": {str(n): step.prefill_ms(model, step.long_ids(engine.encode, n)) for n in (512, 2048)},
+             "bytes": step.weight_bytes(model), "roofline": step.kernel_roofline(model),
+             "read_bandwidth_gbs": step.read_bandwidth_gbs(), "kernels": kernel_note()}
+    stats["busy_core"] = step.busy_core_decode(engine, prompt)
+    return stats
+
+
+def _quality(cfg, precision: str, prompts: list[str]) -> dict:
+    import leaninfer
+    from leaninfer.eval.perplexity import text_corpus
+
+    ours, ref = leaninfer.load(cfg.model, precision=precision), leaninfer.load(cfg.model, precision="fp32")
+    return step.quality_vs_fp32(ours, ref, text_corpus(limit=cfg.quality_texts), prompts[: cfg.quality_prompts])
 
 
 LABELS = {"ours": "leaninfer AR ({p})", "ours_fp32": "leaninfer AR (fp32)", "hf": "transformers generate (fp32)",
@@ -244,12 +291,15 @@ def write_decode_report(result: dict, json_path: Path) -> tuple[Path, Path, Path
            f"{result['machine']['threads']} threads; {result['machine']['processor']}. Peak RSS is sampled "
            "during each backend's phase of the same process (backends run in turn, earlier ones freed).")
     md = write_markdown(json_path.with_suffix(".md"), "Decode benchmark", [
-        ("", summary), ("Results", table), ("Method", how),
+        ("", summary), ("Results", table), *_engine_sections(result), ("Method", how),
         ("Reproduce", f"`leaninfer bench decode --json {json_path}`"),
         ("Notes", "\n".join(f"- {k}: {v}" for k, v in result["notes"].items()) or "none"),
     ])
 
-    def draw(ax):
+    curve = result.get("engine", {}).get("verify")
+
+    def draw(axes):
+        ax = axes[0] if curve else axes
         names = [r[0] for r in rows]
         vals = [r[1] or 0 for r in rows]
         bars = ax.barh(names, vals, color=["#2a7" if "leaninfer" in n else "#888" for n in names])
@@ -257,6 +307,48 @@ def write_decode_report(result: dict, json_path: Path) -> tuple[Path, Path, Path
         ax.set_xlabel("tokens/s (higher is better)")
         ax.set_title("Gemma 3 270M greedy decode, 2-core CPU")
         ax.invert_yaxis()
+        if curve:
+            ns = [int(n) for n in curve["ms"]]
+            axes[1].plot(ns, [curve["ms"][str(n)] / curve["ms"]["1"] for n in ns], "o-", color="#2a7")
+            axes[1].set_xscale("log", base=2)
+            axes[1].set_xlabel("tokens in the forward")
+            axes[1].set_ylabel("ms / ms of one token")
+            axes[1].set_title(f"verification cost ({p})")
+            axes[1].grid(alpha=0.3)
 
-    png = write_plot(json_path.with_suffix(".png"), draw, figsize=(7, 3))
+    png = write_plot(json_path.with_suffix(".png"), draw, figsize=(12, 3.4) if curve else (7, 3),
+                     ncols=2 if curve else 1)
     return json_path, md, png
+
+
+def _engine_sections(result: dict) -> list[tuple[str, str]]:
+    """Markdown sections for the engine checks: verification cost, TTFT, quality, bytes and roofline."""
+    e, h = result.get("engine"), result["headline"]
+    if not e:
+        return []
+    v = e["verify"]
+    verify = markdown_table(["tokens in the forward", "ms", "ratio to 1 token"],
+                            [[n, ms, ms / v["ms"]["1"]] for n, ms in v["ms"].items()], digits=2)
+    ttft = markdown_table(["prompt tokens", "leaninfer TTFT ms", "llama.cpp TTFT ms"],
+                          [[n, e["ttft_ms"][n], h.get(f"llamacpp_ttft_ms_{n}")] for n in ("512", "2048")], digits=0)
+    q = e["quality"]
+    quality = (f"Perplexity {q['ppl']:.3f} vs fp32 {q['ppl_fp32']:.3f} ({q['ppl_delta_pct']:+.2f}%) over {q['texts']} "
+               f"passages of up to {q['max_len']} tokens; next-token agreement with fp32 "
+               f"{100 * q['next_token_agreement']:.1f}%; greedy continuations identical to fp32: "
+               f"{q['greedy_identical_to_fp32']} prompts. Speculative methods are lossless against plain decoding "
+               "at the same precision (bit-identical rows for any block size), not against fp32.")
+    b, bw = e["bytes"], e["read_bandwidth_gbs"]
+    roof = markdown_table(["kernel (1 row)", "shape", "MB", "ms", "GB/s", "share of read bandwidth"],
+                          [[r["kernel"], r["shape"], r["mb"], r["ms"], r["gb_per_s"],
+                            f"{100 * r['gb_per_s'] / bw:.0f}%"] for r in e["roofline"]], digits=2)
+    tpot = result["backends"]["ours"]["tpot_s"] * 1000
+    roofline = (f"Weights read per token: {b['total_mb']:.0f} MB (layers {b['layers_mb']:.0f}, head "
+                f"{b['head_mb']:.0f}). Measured read bandwidth {bw:.1f} GB/s, so the memory floor is "
+                f"{b['total_mb'] / bw:.1f} ms/token ({1000 * bw / b['total_mb']:.0f} tokens/s); measured TPOT "
+                f"{tpot:.1f} ms = {b['total_mb'] / tpot:.1f} GB/s effective. Kernels: {e['kernels']}.\n\n{roof}")
+    bc = e["busy_core"]
+    busy = (f"With another process keeping one core busy: {bc['fixed_threads']} fixed threads "
+            f"{bc['fixed_tokens_per_s']:.1f} tokens/s; the run-time policy chose {bc['auto_threads']} thread(s): "
+            f"{bc['auto_tokens_per_s']:.1f} tokens/s.")
+    return [("Verification cost", verify), ("Prefill (TTFT)", ttft), ("Quality against fp32", quality),
+            ("Bytes per token and roofline", roofline), ("Threads under load", busy)]

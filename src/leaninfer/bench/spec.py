@@ -27,6 +27,7 @@ class SpecBenchConfig:
     per_category: int | None = 3
     max_new_tokens: int = 96
     repeats: int = 1
+    previous: Path | None = None  # an earlier run's JSON: its speedup and τ are shown beside this run's
 
     @classmethod
     def quick(cls, **kw) -> SpecBenchConfig:
@@ -101,10 +102,23 @@ def run_spec_bench(cfg: SpecBenchConfig) -> dict:
                 "ttft_s": out.stats["ttft_s"], "identical": out.token_ids == ref_tokens,
                 **{t: out.stats[t] for t in TIMERS if t in out.stats},
             })
-    return {"benchmark": "spec", "config": {**asdict(cfg), "questions": str(cfg.questions or "default")},
+    return {"benchmark": "spec", "config": {**asdict(cfg), "questions": str(cfg.questions or "default"),
+                                            "previous": str(cfg.previous) if cfg.previous else None},
             "machine": machine_info(), "precision": engine.precision, "per_question": dict(per),
+            "previous": _previous(cfg.previous),
             "skipped": skipped, "methods": {label: {"method": n, "options": o} for label, n, o in methods},
             **_summarise(per), "step_time": _step_time(per)}
+
+
+def _previous(path: Path | None) -> dict | None:
+    """Headline speedup / τ / precision of an earlier run, per method label."""
+    if path is None:
+        return None
+    import json
+
+    old = json.loads(Path(path).read_text())
+    return {"path": str(path), "precision": old.get("precision"),
+            "methods": {m: {"speedup": h["speedup"], "tau": h["tau"]} for m, h in old["headline"].items()}}
 
 
 def _step_time(per: dict[str, list[dict]]) -> dict:
@@ -187,10 +201,16 @@ def category_table(table: dict, cats: list[str]) -> str:
 def write_spec_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
     json_path = write_json(json_path, result)
     table, cats = result["table"], result["categories"]
-    overall = markdown_table(["method", "tokens/s", "speedup", "τ", "lossless (greedy = plain)"], [
+    prev = (result.get("previous") or {}).get("methods", {})
+    old = [f"previous speedup ({result['previous']['precision']} engine)", "previous τ"] if prev else []
+    overall = markdown_table(["method", "tokens/s", "speedup", "τ", "lossless (greedy = plain)", *old], [
         [m, t["overall"]["tokens_per_s"], t["overall"]["speedup"], t["overall"]["tau"],
-         "yes" if t["overall"]["lossless"] else f"no ({t['overall']['mismatches']} mismatches)"]
+         "yes" if t["overall"]["lossless"] else f"no ({t['overall']['mismatches']} mismatches)",
+         *([prev.get(m, {}).get("speedup", "n/a"), prev.get(m, {}).get("tau", "n/a")] if prev else [])]
         for m, t in table.items()])
+    if prev:
+        overall += (f"\n\nPrevious: `{result['previous']['path']}` (the same bench on the earlier engine). Methods "
+                    "missing here were skipped (see below).")
     by_cat = category_table(table, cats)
     c = result["config"]
     md = write_markdown(json_path.with_suffix(".md"), "Spec-Bench: speculative decoding on the default model", [
@@ -200,7 +220,8 @@ def write_spec_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
                    f"{c['max_new_tokens']} new tokens max, precision {result['precision']}, all methods in one run "
                    "on the same machine; τ = new tokens per target forward after prefill (plain = 1.00)."),
         ("Reproduce", "`leaninfer bench spec " + "".join(f"--methods '{m}' " for m in c["methods"])
-         + f"--max-new-tokens {c['max_new_tokens']} --per-category {c['per_category']} --json {json_path}`"),
+         + f"--max-new-tokens {c['max_new_tokens']} --per-category {c['per_category']} "
+         + (f"--previous {c['previous']} " if c.get("previous") else "") + f"--json {json_path}`"),
     ])
 
     return json_path, md, write_plot(json_path.with_suffix(".png"), category_plot(table, cats), figsize=(9, 4))

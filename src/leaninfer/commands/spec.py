@@ -17,11 +17,13 @@ def bench_spec(
     per_category: Annotated[Optional[int], typer.Option(min=1)] = None,
     model: Annotated[str, typer.Option()] = "default",
     precision: Annotated[Optional[str], typer.Option()] = None,
+    previous: Annotated[Optional[Path], typer.Option(help="An earlier run's JSON to show beside this one.")] = None,
 ) -> None:
     """Every speculative method vs plain decoding: tokens/s, speedup, τ per category, lossless check."""
     from leaninfer.bench.spec import SpecBenchConfig, run_spec_bench, write_spec_report
 
-    cfg = (SpecBenchConfig.quick if quick else SpecBenchConfig)(model=model, precision=precision, questions=questions)
+    cfg = (SpecBenchConfig.quick if quick else SpecBenchConfig)(model=model, precision=precision, questions=questions,
+                                                                previous=previous)
     if methods:
         cfg.methods = methods
     if max_new_tokens:

@@ -64,11 +64,16 @@ def _build() -> None:
 
     from leaninfer.paths import cache_dir
 
+    import hashlib
+
     here = Path(__file__).parent
-    build = cache_dir("kernels", f"torch-{torch.__version__.split('+')[0]}")
+    sources = [here / "q8.cpp", here / "attention.cpp", here / "fused.cpp"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+    # keyed on the sources' content, so two checkouts (or versions) never rebuild each other's library
+    build = cache_dir("kernels", f"torch-{torch.__version__.split('+')[0]}-{digest}")
     load(
         name="leaninfer_kernels",
-        sources=[str(here / "q8.cpp"), str(here / "attention.cpp"), str(here / "fused.cpp")],
+        sources=[str(p) for p in sources],
         extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fno-fast-math"],
         build_directory=str(build),
         is_python_module=False,
