@@ -10,8 +10,7 @@ from pathlib import Path
 import torch
 
 from leaninfer.generate.loop import TextStream
-from leaninfer.generate.methods import METHODS
-from leaninfer.generate.sampling import SamplingConfig
+from leaninfer.generate.methods import decode_request
 from leaninfer.generate.threads import ThreadPolicy
 from leaninfer.io import ModelLoadError
 from leaninfer.io.store import quantized_path, read_model_config, read_model_dir, resolve
@@ -20,6 +19,7 @@ from leaninfer.models.build import build_decoder
 from leaninfer.models.config import ModelConfig
 from leaninfer.models.quant import PRECISIONS, align_buffers, quantize_model
 from leaninfer.models.transformer import Decoder
+from leaninfer.request import GenerateRequest
 
 # The fastest precision whose perplexity stays within 1% of fp32 on the default model (reports/precision.md).
 DEFAULT_PRECISION = "int8"
@@ -92,50 +92,32 @@ class Engine:
     def generate(
         self,
         prompt: str | list[int],
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-        method: str = "ar",
+        request: GenerateRequest | None = None,
         stream: Callable[[str], None] | None = None,
-        eos: bool = True,
-        moe_k: int | None = None,
-        roe=None,
-        **method_options,
+        **kwargs,
     ) -> GenerationResult:
-        """Generate up to `max_new_tokens` after `prompt` (text or ids) with a decoding `method`.
+        """Generate after `prompt` (text, or token ids used as given) as `request` (a `GenerateRequest`) says.
 
-        `stream(text)` receives text increments as they are produced. Stats: tokens_per_s (new tokens / wall
-        time from the call to the last token), ttft_s, tpot_s ((e2e - ttft) / (n - 1)), mean_accepted_tokens
-        (new tokens per target forward after prefill; 1.00 for plain decoding), prompt_tokens, new_tokens.
-        MoE models: `moe_k` dials the number of experts per token (None = native); `roe` (a
-        `leaninfer.moe.roe.RoEConfig`) decodes with a Roster of Experts (docs/moe.md). Both use method "ar".
+        Keyword arguments are shorthand for a request (`GenerateRequest.from_kwargs`): max_new_tokens,
+        temperature, top_k, top_p, seed, stop, eos, method (a spec such as "eagle:depth=5,top_k=3"), moe_k, roe,
+        kv (a `KVPolicy` or "press:budget=N"); other keywords are method options. `stream(text)` receives text
+        increments as they are produced. Stats: tokens_per_s (new tokens / wall time from the call to the last
+        token), ttft_s, tpot_s ((e2e - ttft) / (n - 1)), mean_accepted_tokens (new tokens per target forward
+        after prefill; 1.00 for plain decoding), prompt_tokens, new_tokens.
         """
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+        if request is None:
+            request = GenerateRequest.from_kwargs(**kwargs)
+        elif kwargs:
+            raise ValueError("pass either a GenerateRequest or keyword arguments, not both")
         ids = self.encode(prompt)
-        if len(ids) + max_new_tokens > self.cfg.max_seq_len:
-            raise ValueError(f"prompt ({len(ids)}) + max_new_tokens ({max_new_tokens}) exceeds the context "
+        if len(ids) + request.max_new_tokens > self.cfg.max_seq_len:
+            raise ValueError(f"prompt ({len(ids)}) + max_new_tokens ({request.max_new_tokens}) exceeds the context "
                              f"({self.cfg.max_seq_len})")
-        sampling = SamplingConfig(temperature, top_k, top_p, seed)
         threads = self.threads.apply() if self.device.type == "cpu" else None
-        text_stream = TextStream(self.tokenizer.decode, stop, stream) if self.tokenizer else None
-        on_token = text_stream.push if text_stream and (stop or stream) else None
+        text_stream = TextStream(self.tokenizer.decode, request.stop, stream) if self.tokenizer else None
+        on_token = text_stream.push if text_stream and (request.stop or stream) else None
         t0 = time.perf_counter()
-        if moe_k is not None or roe is not None:
-            if method != "ar" or method_options:
-                raise ValueError("moe_k / roe decode with method 'ar' and no method options")
-            from leaninfer.moe.decode import decode_moe
-
-            out = decode_moe(self.model, ids, max_new_tokens, sampling, self.eos_ids if eos else set(), on_token,
-                             top_k=moe_k, roe=roe)
-        else:
-            out = METHODS[method](self, ids, max_new_tokens, sampling, self.eos_ids if eos else set(), on_token,
-                                  **method_options)
+        out = decode_request(self, ids, request, self.eos_ids if request.eos else set(), on_token)
         e2e = time.perf_counter() - t0
         tokens = out.tokens
         if text_stream is not None:
@@ -145,7 +127,7 @@ class Engine:
         n = len(tokens)
         decode_forwards = max(out.target_forwards - 1, 1)
         stats = {
-            "method": method,
+            "method": str(request.method),
             "prompt_tokens": len(ids),
             "new_tokens": n,
             "e2e_s": e2e,

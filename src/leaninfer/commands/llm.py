@@ -23,7 +23,10 @@ def generate(
     top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
-    method: Annotated[str, typer.Option(help="Decoding method.")] = "ar",
+    method: Annotated[str, typer.Option(help="Decoding method spec name:key=value,... e.g. eagle:depth=5,top_k=3")
+                      ] = "ar",
+    kv: Annotated[Optional[str], typer.Option(help="KV compression of the prompt: press:budget=N[,block=B] "
+                                                   "(e.g. snapkv:budget=128).")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | int8 | int4 (default: library's)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
     moe_k: Annotated[Optional[int], typer.Option(min=1, help="MoE: experts per token (default: native).")] = None,
@@ -33,18 +36,16 @@ def generate(
 ) -> None:
     """Generate text; streams it as it is produced, then prints stats."""
     import leaninfer
+    from leaninfer.request import GenerateRequest, MethodSpec, RoutingSpec, SamplingConfig, kv_policy
 
     try:
         engine = leaninfer.load(model, precision=precision)
         stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-        roe_cfg = None
-        if roe is not None:
-            from leaninfer.moe.roe import RoEConfig
-
-            roe_cfg = RoEConfig(n=roe, tau_per_layer=roe_tau, clean_layers=roe_clean_layers, seed=seed)
-        out = engine.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                              top_p=top_p, seed=seed, stop=stop, method=method, stream=stream, moe_k=moe_k,
-                              roe=roe_cfg)
+        request = GenerateRequest(
+            max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p, seed),
+            method=MethodSpec.parse(method), routing=RoutingSpec(moe_k, roe, roe_tau, roe_clean_layers),
+            kv=kv_policy(kv), stop=stop or [])
+        out = engine.generate(prompt, request, stream=stream)
     except (ValueError, leaninfer.ModelLoadError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e

@@ -5,7 +5,8 @@ Each method returns a `DecodeOut`; speculative methods plug in here, one module 
 
 from __future__ import annotations
 
-from leaninfer.generate.loop import decode_ar
+from leaninfer.generate.context import DecodeContext, decode_in_context, routing_for
+from leaninfer.generate.loop import DecodeOut, decode_ar
 from leaninfer.generate.proposers.draft_lm import DraftLMProposer
 from leaninfer.generate.proposers.eagle import EagleProposer
 from leaninfer.generate.proposers.hydra import HydraProposer
@@ -90,3 +91,44 @@ def _mirror(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=N
 
 
 METHODS["mirror"] = _mirror
+
+
+def decode_request(engine, ids: list[int], request, eos_ids: set[int], on_token=None) -> DecodeOut:
+    """Run one `GenerateRequest` on prompt `ids`: its method, MoE routing and KV policy."""
+    method, routing, sampling = request.method, request.routing, request.sampling
+    if method.name not in METHODS:
+        raise ValueError(f"unknown method {method.name!r}; available: {', '.join(sorted(METHODS))}")
+    if request.kv is not None:
+        if method.name != "ar" or method.options:
+            raise ValueError("a KV policy decodes with method 'ar' for now")
+        return decode_kv(engine, ids, request, eos_ids, on_token)
+    if routing.active:
+        if method.name != "ar" or method.options:
+            raise ValueError("moe_k / roe decode with method 'ar' and no method options")
+        from leaninfer.moe.decode import decode_moe
+
+        return decode_moe(engine.model, ids, request.max_new_tokens, sampling, eos_ids, on_token,
+                          top_k=routing.moe_k, roe=routing.roe_config(sampling.seed))
+    return METHODS[method.name](engine, ids, request.max_new_tokens, sampling, eos_ids, on_token, **method.options)
+
+
+def decode_kv(engine, ids: list[int], request, eos_ids: set[int], on_token=None) -> DecodeOut:
+    """Prefill all but the last prompt token into a compressed cache evicted to the request's KV policy, then
+    decode on it (with the request's MoE k, if any)."""
+    from leaninfer.cache.budget import uniform_budgets
+    from leaninfer.cache.prefill import block_prefill
+    from leaninfer.cache.press import make_press
+
+    kv, model = request.kv, engine.model
+    ctx = DecodeContext(model, routing=routing_for(model, request.routing.moe_k))
+    press = make_press(kv.press, engine.tokenizer, sinks=kv.sinks)
+    budgets = uniform_budgets(model.cfg.layer_types, model.cfg.sliding_window, kv.budget, 1.0)
+    if len(ids) > 1:
+        ctx.cache, _ = block_prefill(model, ids[:-1], press, budgets, kv.block)
+    else:
+        from leaninfer.cache.compressed import CompressedKVCache
+
+        ctx.cache = CompressedKVCache.for_model(model)
+    out = decode_in_context(ctx, ids[-1:], request.max_new_tokens, request.sampling, eos_ids, on_token)
+    out.extra = {"kv_press": kv.press, "kv_budget": kv.budget, "kv_bytes": ctx.cache.nbytes()}
+    return out
