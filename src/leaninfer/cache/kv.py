@@ -75,6 +75,52 @@ class KVCache:
         self.length = start + n
         self.pos[:, self.length :] = -1
 
+    # --- rows of a batch that sequences join and leave (continuous batching) ---------------------------------
+    def rows_view(self, n: int) -> KVCache:
+        """A cache over rows [0, n) that shares this cache's storage (no copy); copy `length` back after use."""
+        if not 0 < n <= self.batch:
+            raise ValueError(f"rows_view needs 1..{self.batch} rows, got {n}")
+        view = KVCache.__new__(KVCache)
+        view.k, view.v, view.pos, view.length = self.k[:, :n], self.v[:, :n], self.pos[:n], self.length
+        return view
+
+    def load_row(self, row: int, start: int, src: KVCache) -> None:
+        """Copy row 0 of `src` (its first src.length slots) into `row` at slots [start, start + src.length)."""
+        n = src.length
+        if start < 0 or start + n > self.max_len:
+            raise ValueError(f"cache overflow: slots {start}..{start + n} of {self.max_len}")
+        self.k[:, row, :, start : start + n] = src.k[:, 0, :, :n]
+        self.v[:, row, :, start : start + n] = src.v[:, 0, :, :n]
+        self.pos[row, start : start + n] = src.pos[0, :n]
+        self.length = max(self.length, start + n)
+
+    def clear_row(self, row: int) -> None:
+        """Mark every slot of `row` empty (its keys are then never attended)."""
+        self.pos[row] = -1
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Move row `src` to row `dst` (filled slots only) and clear `src`."""
+        end = self.length
+        self.k[:, dst, :, :end] = self.k[:, src, :, :end]
+        self.v[:, dst, :, :end] = self.v[:, src, :, :end]
+        self.pos[dst] = self.pos[src]
+        self.clear_row(src)
+
+    def compact(self) -> None:
+        """Left-pad every row again: its filled slots, in order, end at the new (smallest possible) length."""
+        filled = self.pos[:, : self.length] >= 0  # (B, S)
+        new_len = int(filled.sum(1).max()) if self.length else 0
+        for row in range(self.batch):
+            idx = filled[row].nonzero()[:, 0]
+            n = idx.numel()
+            k, v, p = self.k[:, row, :, idx], self.v[:, row, :, idx], self.pos[row, idx]
+            self.pos[row] = -1
+            if n:
+                self.k[:, row, :, new_len - n : new_len] = k
+                self.v[:, row, :, new_len - n : new_len] = v
+                self.pos[row, new_len - n : new_len] = p
+        self.length = new_len
+
     def reset(self) -> None:
         self.length = 0
         self.pos.fill_(-1)
