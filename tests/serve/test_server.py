@@ -196,3 +196,15 @@ def test_client_disconnect_cancels(server):
     while time.time() < deadline and (sched.rows or sched.waiting):
         time.sleep(0.05)
     assert not sched.rows and server.app.state.metrics.requests.get("abort", 0) >= 1
+
+
+def test_bench_serve_level_and_report(server, tmp_path):
+    from leaninfer.bench.serve import ServeBenchConfig, run_level, write_serve_report
+
+    cfg = ServeBenchConfig(model="tiny", clients=[1, 2], requests=4, max_tokens=4)
+    port = int(server.url.rsplit(":", 1)[1])
+    levels = [run_level(port, ["w5 w6", "w7 w8 w9"], c, cfg, {"ignore_eos": True}) for c in cfg.clients]
+    assert [lv["output_tokens"] for lv in levels] == [16, 16] and levels[1]["ttft_p50_ms"] > 0
+    paths = write_serve_report({"config": vars(cfg), "machine": {"processor": "x", "cores": 2, "date": "d"},
+                                "results": {"leaninfer": levels}}, tmp_path / "serve.json")
+    assert all(p.exists() for p in paths) and "TTFT p50" in paths[1].read_text()
