@@ -175,10 +175,15 @@ class GenerateRequest:
 
         if self.method.name not in METHODS:
             raise ValueError(f"unknown method {self.method.name!r}; available: {', '.join(sorted(METHODS))}")
+        allowed = method_options(METHODS[self.method.name])
+        unknown = sorted(set(self.method.options) - allowed)
+        if unknown:
+            raise ValueError(f"method {self.method.name!r} has no option {', '.join(unknown)}; options: "
+                             f"{', '.join(sorted(allowed - {'draft'})) or 'none'}")
         if self.routing.roe is not None and self.method.name != "ar":
             raise ValueError("a Roster of Experts decodes with method 'ar'")
-        if self.kv is not None and self.routing.roe is not None:
-            raise ValueError("a KV policy cannot be combined with a Roster of Experts")
+        if self.kv is not None and self.routing.active:
+            raise ValueError("a KV policy cannot be combined with a MoE k or a Roster of Experts yet")
 
     @property
     def plain(self) -> bool:
@@ -200,6 +205,14 @@ class GenerateRequest:
         if kw:  # remaining keywords are method options
             method = MethodSpec(method.name, {**method.options, **kw}, method.label)
         return cls(sampling=sampling, method=method, routing=routing, kv=kv, **plain)
+
+
+def method_options(fn) -> set[str]:
+    """The options a METHODS function takes: its keyword parameters after the six common ones (ctx excluded)."""
+    import inspect
+
+    params = list(inspect.signature(fn).parameters.values())[6:]
+    return {p.name for p in params if p.name != "ctx" and p.kind is not p.VAR_KEYWORD}
 
 
 def kv_policy(spec: KVPolicy | dict | str | None) -> KVPolicy | None:

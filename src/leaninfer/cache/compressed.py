@@ -186,6 +186,20 @@ class CompressedKVCache:
         self.v[layer][head] = self.v[layer][head][idx].contiguous()
         self.pos[layer][head] = self.pos[layer][head][idx].contiguous()
 
+    def rollback(self, n: int) -> None:
+        """Forget the last n tokens (rejected speculative tokens): every entry at a position >= next - n."""
+        if not 0 <= n <= self.next_position:
+            raise ValueError(f"cannot roll back {n} of {self.next_position} positions")
+        if n == 0:
+            return
+        cut = self.next_position - n
+        for layer in range(self.n_layers):
+            for h in range(self.n_heads):
+                p = self.pos[layer][h]
+                if p.numel() and int(p.max()) >= cut:
+                    self.keep(layer, h, torch.nonzero(p < cut).flatten())
+        self.next_position = cut
+
     # --- temporary tokens (scoring prompts, questions) --------------------------------------------------
     def mark(self) -> tuple:
         """A snapshot to `restore` later (tensor references: entries are never modified in place)."""

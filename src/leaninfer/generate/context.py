@@ -17,13 +17,14 @@ from leaninfer.models.transformer import Decoder, ForwardOut
 
 @dataclass
 class DecodeContext:
-    """model; cache: a `KVCache` or a `CompressedKVCache` (None: a fresh static cache on first use); routing: MoE
-    routing for every forward (None = native); t0: the request's start (TTFT is measured from it)."""
+    """model; cache: a `KVCache` or a `CompressedKVCache` (None: the decode loop makes a static cache); routing:
+    MoE routing for every forward (None = native); t0: the request's start (TTFT is measured from it)."""
 
     model: Decoder
     cache: object | None = None
     routing: Routing | None = None
     t0: float = field(default_factory=time.perf_counter)
+    cached: int = 0  # prompt tokens the cache already holds (a decode loop prefills only the rest)
 
     @property
     def device(self) -> torch.device:

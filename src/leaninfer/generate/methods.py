@@ -20,9 +20,9 @@ def _ar(engine, prompt, max_new_tokens, sampling, eos_ids, on_token):
     return decode_ar(engine.model, prompt, max_new_tokens, sampling, eos_ids, on_token)
 
 
-def _ngram(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, k: int = 4, max_ngram: int = 3):
+def _ngram(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, k: int = 4, max_ngram: int = 3, ctx=None):
     return decode_speculative(engine.model, NgramProposer(max_ngram), prompt, max_new_tokens, sampling, eos_ids,
-                              on_token, k=k)
+                              on_token, k=k, ctx=ctx)
 
 
 def _ngram_tree(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, depth: int = 4, branches: int = 3,
@@ -31,7 +31,7 @@ def _ngram_tree(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, dep
                        eos_ids, on_token, depth=depth)
 
 
-def _sd(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None, k: int = 3):
+def _sd(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None, k: int = 3, ctx=None):
     """Vanilla speculative sampling with a separate draft LM: the trained one (`leaninfer draft train --kind
     draft-lm`) by default, or any `Decoder` / `Engine` sharing the target's vocabulary. k = 3 by default: on
     this CPU a 4-token verification costs 1.4x one token, a 5-token one 2x."""
@@ -41,7 +41,8 @@ def _sd(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=None,
         raise ValueError(f"draft vocabulary {vocab} != target {engine.cfg.vocab_size}")
     proposer = DraftLMProposer(draft, sampling, len(prompt) + max_new_tokens + k + 1,
                                None if sampling.seed is None else sampling.seed + 1)
-    return decode_speculative(engine.model, proposer, prompt, max_new_tokens, sampling, eos_ids, on_token, k=k)
+    return decode_speculative(engine.model, proposer, prompt, max_new_tokens, sampling, eos_ids, on_token, k=k,
+                              ctx=ctx)
 
 
 # Tree defaults tuned on held-out prompts of our own list (not Spec-Bench): on this CPU a target forward of
@@ -93,42 +94,63 @@ def _mirror(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=N
 METHODS["mirror"] = _mirror
 
 
+# methods whose loop runs on any DecodeContext (a compressed cache with rollback, a MoE routing)
+CONTEXT_METHODS = ("ar", "ngram", "sd")
+
+
 def decode_request(engine, ids: list[int], request, eos_ids: set[int], on_token=None) -> DecodeOut:
-    """Run one `GenerateRequest` on prompt `ids`: its method, MoE routing and KV policy."""
+    """Run one `GenerateRequest` on prompt `ids`: its method, MoE routing and KV policy, composed through one
+    `DecodeContext` (cache + routing) when the request combines them."""
     method, routing, sampling = request.method, request.routing, request.sampling
     if method.name not in METHODS:
         raise ValueError(f"unknown method {method.name!r}; available: {', '.join(sorted(METHODS))}")
-    if request.kv is not None:
+    if routing.roe is not None or (routing.moe_k is not None and method.name == "ar" and request.kv is None):
         if method.name != "ar" or method.options:
-            raise ValueError("a KV policy decodes with method 'ar' for now")
-        return decode_kv(engine, ids, request, eos_ids, on_token)
-    if routing.active:
-        if method.name != "ar" or method.options:
-            raise ValueError("moe_k / roe decode with method 'ar' and no method options")
+            raise ValueError("a Roster of Experts decodes with method 'ar' and no method options")
         from leaninfer.moe.decode import decode_moe
 
         return decode_moe(engine.model, ids, request.max_new_tokens, sampling, eos_ids, on_token,
                           top_k=routing.moe_k, roe=routing.roe_config(sampling.seed))
-    return METHODS[method.name](engine, ids, request.max_new_tokens, sampling, eos_ids, on_token, **method.options)
+    if request.kv is None and routing.moe_k is None:
+        return METHODS[method.name](engine, ids, request.max_new_tokens, sampling, eos_ids, on_token,
+                                    **method.options)
+    if method.name not in CONTEXT_METHODS:
+        raise ValueError(f"method {method.name!r} does not run with a KV policy or a MoE k yet; these do: "
+                         f"{', '.join(CONTEXT_METHODS)}")
+    ctx = request_context(engine, ids, request)
+    if method.name == "ar":
+        if method.options:
+            raise ValueError("method 'ar' takes no options")
+        out = decode_in_context(ctx, ids[ctx.cached :], request.max_new_tokens, sampling, eos_ids, on_token)
+    else:
+        out = METHODS[method.name](engine, ids, request.max_new_tokens, sampling, eos_ids, on_token, ctx=ctx,
+                                   **method.options)
+    if request.kv is not None:
+        out.extra.update({"kv_press": request.kv.press, "kv_budget": request.kv.budget,
+                          "kv_bytes": ctx.cache.nbytes()})
+    if routing.moe_k is not None:
+        out.extra["moe_k"] = routing.moe_k
+    return out
 
 
-def decode_kv(engine, ids: list[int], request, eos_ids: set[int], on_token=None) -> DecodeOut:
-    """Prefill all but the last prompt token into a compressed cache evicted to the request's KV policy, then
-    decode on it (with the request's MoE k, if any)."""
+def request_context(engine, ids: list[int], request) -> DecodeContext:
+    """The DecodeContext of a request: its MoE routing and, with a KV policy, a compressed cache holding all
+    but the last prompt token, prefilled in blocks and evicted to the policy's budget."""
     from leaninfer.cache.budget import uniform_budgets
+    from leaninfer.cache.compressed import CompressedKVCache
     from leaninfer.cache.prefill import block_prefill
     from leaninfer.cache.press import make_press
 
-    kv, model = request.kv, engine.model
+    model = engine.model
     ctx = DecodeContext(model, routing=routing_for(model, request.routing.moe_k))
+    kv = request.kv
+    if kv is None:
+        return ctx
     press = make_press(kv.press, engine.tokenizer, sinks=kv.sinks)
     budgets = uniform_budgets(model.cfg.layer_types, model.cfg.sliding_window, kv.budget, 1.0)
     if len(ids) > 1:
         ctx.cache, _ = block_prefill(model, ids[:-1], press, budgets, kv.block)
     else:
-        from leaninfer.cache.compressed import CompressedKVCache
-
         ctx.cache = CompressedKVCache.for_model(model)
-    out = decode_in_context(ctx, ids[-1:], request.max_new_tokens, request.sampling, eos_ids, on_token)
-    out.extra = {"kv_press": kv.press, "kv_budget": kv.budget, "kv_bytes": ctx.cache.nbytes()}
-    return out
+    ctx.cached = len(ids) - 1
+    return ctx

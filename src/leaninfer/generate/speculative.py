@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from leaninfer.cache.kv import KVCache
+from leaninfer.generate.context import DecodeContext
 from leaninfer.generate.loop import DecodeOut
 from leaninfer.generate.proposers.base import Proposer
 from leaninfer.generate.sampling import SamplingConfig, logits_to_probs, make_generator, next_token
@@ -32,18 +33,24 @@ def speculate(
     prefill_taps: tuple[int, ...] = (),
     on_prefill: Callable | None = None,
     timing: dict[str, float] | None = None,
+    ctx: DecodeContext | None = None,
 ) -> DecodeOut:
     """Prefill, then call `step` until EOS, a stop string or `max_new_tokens`. `context` passed to step is the
     prompt plus every emitted token except the pending one (the first token not yet in the target cache).
-    `on_prefill(out, first_token)` receives the prefill's `ForwardOut` (with `prefill_taps` hidden states)."""
+    `on_prefill(out, first_token)` receives the prefill's `ForwardOut` (with `prefill_taps` hidden states).
+    `ctx` (optional) brings the cache (which may already hold `ctx.cached` prompt tokens) and the routing."""
     device = model.embed.weight.device
     gen = make_generator(sampling.seed, device)
-    cache = model.new_cache(1, len(prompt) + max_new_tokens + extra_slots)
+    ctx = ctx or DecodeContext(model)
+    if ctx.cache is None:
+        ctx.cache = model.new_cache(1, len(prompt) + max_new_tokens + extra_slots)
+    cache = ctx.cache
     t0 = time.perf_counter()
     out: list[int] = []
     proposed = accepted = 0
     with torch.inference_mode():
-        pre = model(torch.tensor([prompt], device=device), cache=cache, last_only=True, taps=prefill_taps)
+        pre = model(torch.tensor([prompt[ctx.cached :]], device=device), cache=cache, last_only=True,
+                    taps=prefill_taps, routing=ctx.routing)
         emitted = [int(next_token(pre.logits[0, -1], sampling, gen))]
         if on_prefill is not None:
             on_prefill(pre, emitted[0])
@@ -68,19 +75,22 @@ def decode_speculative(
     eos_ids: set[int],
     on_token: Callable[[int], bool] | None = None,
     k: int = 4,
+    ctx: DecodeContext | None = None,
 ) -> DecodeOut:
     """Chain drafts: each step feeds [pending, d_1..d_k] to the target, keeps the verified prefix and rolls
-    back the rest of the cache."""
+    back the rest of the cache. Runs on any cache with `rollback` (static or compressed: `ctx.cache`) and with
+    `ctx.routing` (a MoE k)."""
     proposer.begin(prompt)
+    ctx = ctx or DecodeContext(model)
     timing = {"draft_s": 0.0, "verify_s": 0.0, "other_s": 0.0}
 
     def step(cache, context, pending, budget, gen):
         t0 = time.perf_counter()
         draft = proposer.propose(context + [pending], min(k, budget))
         t1 = time.perf_counter()
-        d = draft.tokens.to(cache.pos.device)
+        d = draft.tokens.to(model.embed.weight.device)
         block = torch.cat([torch.tensor([pending], device=d.device), d])[None]
-        logits = model(block, cache=cache).logits[0]  # (n_draft + 1, V)
+        logits = model(block, cache=cache, routing=ctx.routing).logits[0]  # (n_draft + 1, V)
         t2 = time.perf_counter()
         if sampling.greedy:
             n, nxt = verify_greedy(logits, d)
@@ -94,7 +104,7 @@ def decode_speculative(
         timing["other_s"] += time.perf_counter() - t2
         return emitted, d.numel(), n
 
-    return speculate(model, prompt, max_new_tokens, sampling, eos_ids, on_token, step, k + 1, timing=timing)
+    return speculate(model, prompt, max_new_tokens, sampling, eos_ids, on_token, step, k + 1, timing=timing, ctx=ctx)
 
 
 def decode_tree(

@@ -242,6 +242,10 @@ class Scheduler:
             job.emit({"type": "error", "message": str(e), "status": 400})
             self.metrics.finished("error", job, 0.0)
             return
+        except Exception as e:  # fails this request only; the batch goes on
+            log.exception("request failed")
+            self._fail(job, e)
+            return
         job.tokens = out.token_ids
         if job.t_first is None:
             job.t_first = time.perf_counter()
