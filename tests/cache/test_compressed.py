@@ -47,8 +47,8 @@ def test_keep_frees_memory_and_keeps_positions():
     c.attend(0, q, torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), None, 0.5)
     c.end()
     before, k0 = c.nbytes(), c.k[0][0].clone()
-    c.keep(0, 0, torch.tensor([4, 1]))
-    c.keep(0, 1, torch.tensor([5]))
+    c.keep_entries(0, 0, torch.tensor([4, 1]))
+    c.keep_entries(0, 1, torch.tensor([5]))
     assert c.pos[0][0].tolist() == [1, 4] and c.pos[0][1].tolist() == [5]
     torch.testing.assert_close(c.k[0][0], k0[[1, 4]])
     assert c.nbytes() < before and c.lengths(0) == [2, 1]

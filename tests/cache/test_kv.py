@@ -41,7 +41,7 @@ def test_keep_compacts_accepted_path():
     c.reserve(0, torch.tensor([[0, 1, 2, 3, 3, 4]]))  # a tree block from slot 2
     for s in range(6):
         c.k[0, 0, 0, s, 0] = s
-    c.keep(2, torch.tensor([2, 4, 5]))
+    c.keep_path(2, torch.tensor([2, 4, 5]))
     assert c.length == 5
     assert c.k[0, 0, 0, :5, 0].tolist() == [0, 1, 2, 4, 5]
     assert c.pos[0, :6].tolist() == [0, 1, 2, 3, 4, -1]

@@ -33,7 +33,7 @@ def test_compressed_rollback():
     c.begin(torch.arange(5)[None])
     c.attend(0, torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), None, 1.0)
     c.end()
-    c.keep(0, 0, torch.tensor([0, 2, 4]))
+    c.keep_entries(0, 0, torch.tensor([0, 2, 4]))
     c.rollback(2)
     assert c.next_position == 3 and c.pos[0][0].tolist() == [0, 2] and c.pos[0][1].tolist() == [0, 1, 2]
     with pytest.raises(ValueError):

@@ -50,7 +50,7 @@ def test_tree_forward_equals_chain_forward_and_keep_compacts():
             ref = model(torch.cat([prompt, torch.tensor([path])], 1)).logits[0, 6:]
             nodes = [0] + [i for i in range(1, tree.size) if tree.tokens[i] in path[1:]][: len(path) - 1]
             torch.testing.assert_close(logits[nodes], ref, atol=1e-4, rtol=1e-4)
-        cache.keep(start, torch.tensor([start, start + 1, start + 4]))  # root, 12, 20
+        cache.keep_path(start, torch.tensor([start, start + 1, start + 4]))  # root, 12, 20
         nxt = model(torch.tensor([[21]]), cache=cache).logits[0, -1]
         ref = model(torch.cat([prompt, torch.tensor([[11, 12, 20, 21]])], 1)).logits[0, -1]
     torch.testing.assert_close(nxt, ref, atol=1e-4, rtol=1e-4)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from leaninfer.cache.protocol import CacheProtocol
+
 TRIM_SLACK = 64  # sliding layers are trimmed lazily during decoding (see trim_windows)
 
 
@@ -67,7 +69,7 @@ def attention_scores(q, k, q_pos, k_pos, window, scale, reduce: str) -> torch.Te
     return probs.amax(0) if reduce == "max" else probs.mean(0)
 
 
-class CompressedKVCache:
+class CompressedKVCache(CacheProtocol):
     """Per-layer, per-head variable-length KV cache for one sequence (see the module docstring)."""
 
     varlen = True  # the Decoder/Attention contract: begin / attend / end
@@ -84,7 +86,7 @@ class CompressedKVCache:
         self.v = [[e() for _ in range(n_kv_heads)] for _ in range(n_layers)]
         self.pos = [[torch.empty(0, dtype=torch.long, device=self.device) for _ in range(n_kv_heads)]
                     for _ in range(n_layers)]
-        self.next_position = 0  # original position of the next token
+        self._next = 0  # original position of the next token
         self.scoring: ScoreSpec | None = None
         self.transient = False  # set while scoring prompts / questions run: they do not count as context
         self.scores: dict[int, list[torch.Tensor]] = {}
@@ -177,9 +179,9 @@ class CompressedKVCache:
             for h in range(self.n_heads):
                 p = self.pos[layer][h]
                 if p.numel() and int(p.min()) <= nxt - w - slack:
-                    self.keep(layer, h, torch.nonzero(p > nxt - w).flatten())
+                    self.keep_entries(layer, h, torch.nonzero(p > nxt - w).flatten())
 
-    def keep(self, layer: int, head: int, idx: torch.Tensor) -> None:
+    def keep_entries(self, layer: int, head: int, idx: torch.Tensor) -> None:
         """Keep entries `idx` (indices into the head's current entries) in their original order; free the rest."""
         idx = idx.to(self.device).sort().values
         self.k[layer][head] = self.k[layer][head][idx].contiguous()
@@ -197,8 +199,26 @@ class CompressedKVCache:
             for h in range(self.n_heads):
                 p = self.pos[layer][h]
                 if p.numel() and int(p.max()) >= cut:
-                    self.keep(layer, h, torch.nonzero(p < cut).flatten())
+                    self.keep_entries(layer, h, torch.nonzero(p < cut).flatten())
         self.next_position = cut
+
+    def keep_path(self, start: int, slots: torch.Tensor) -> None:
+        raise NotImplementedError("a compressed cache cannot keep a tree path (siblings share positions); "
+                                  "use chain speculation (ngram, sd) with a KV policy")
+
+    def reset(self) -> None:
+        for rows in (self.k, self.v, self.pos):
+            for row in rows:
+                row[:] = [t[:0] for t in row]
+        self._next = 0
+
+    @property
+    def next_position(self) -> int:
+        return self._next
+
+    @next_position.setter
+    def next_position(self, value: int) -> None:
+        self._next = int(value)
 
     # --- temporary tokens (scoring prompts, questions) --------------------------------------------------
     def mark(self) -> tuple:

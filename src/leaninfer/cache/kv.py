@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from leaninfer.cache.protocol import CacheProtocol
 
-class KVCache:
+
+class KVCache(CacheProtocol):
+    """Static cache: slots shared by the rows of a batch (see the module docstring); `CacheProtocol` methods."""
+
     def __init__(
         self,
         n_layers: int,
@@ -62,7 +66,7 @@ class KVCache:
         self.length -= n
         self.pos[:, self.length :] = -1
 
-    def keep(self, start: int, slots: torch.Tensor) -> None:
+    def keep_path(self, start: int, slots: torch.Tensor) -> None:
         """Compact: keep slots `slots` (sorted, all >= start) of the block from `start` and drop the rest.
 
         Used after tree verification so that only the accepted path stays in the cache.
@@ -124,6 +128,11 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
         self.pos.fill_(-1)
+
+    @property
+    def next_position(self) -> int:
+        """Position of row 0's next token (1 + its largest position so far)."""
+        return int(self.pos[0, : self.length].max()) + 1 if self.length else 0
 
     def nbytes(self) -> int:
         """Bytes held by the cache tensors."""

@@ -54,7 +54,7 @@ def evict(model, cache: CompressedKVCache, press: Press, budgets: list[int], blo
             a = [x[x.numel() - n :] for x, n in zip(a, cache.lengths(layer))]
         keep = select_keep(press.keep_scores(cache, layer, a), budgets[layer], press.headwise)
         for h, idx in enumerate(keep):
-            cache.keep(layer, h, idx)
+            cache.keep_entries(layer, h, idx)
     return True
 
 

@@ -209,7 +209,7 @@ def _accept_tree(cache: KVCache, start: int, tree, logits: torch.Tensor, samplin
         path, nxt = verify_tree_greedy(tree, logits)
     else:
         path, nxt = verify_tree_sampling(tree, logits_to_probs(logits, sampling), gen)
-    cache.keep(start, torch.tensor([start] + [start + i for i in path]))
+    cache.keep_path(start, torch.tensor([start] + [start + i for i in path]))
     return path, [int(tree.tokens[i]) for i in path] + [nxt]
 
 
