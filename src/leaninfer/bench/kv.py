@@ -23,12 +23,10 @@ from leaninfer.cache.answer import answer_loglik, greedy_answer
 from leaninfer.cache.budget import full_lengths, uniform_budgets
 from leaninfer.cache.episodic import (
     EpiConfig,
-    EpisodicPress,
     SentenceEmbedder,
-    cluster_episodes,
-    conversation_windows,
+    conversation_episodes,
+    episode_cache,
     key_sensitivity,
-    patched_prompt_ids,
     route,
     sensitivity_budgets,
 )
@@ -157,8 +155,7 @@ class _Runner:
         caps = full_lengths(self.layer_types, self.window, H)
         episodes = routes = None
         if "epicache" in cfg.methods:
-            windows = conversation_windows(conv.utterances, cfg.epi.window)
-            episodes = cluster_episodes(embedder.encode(windows), windows, cfg.epi)
+            windows, episodes = conversation_episodes(conv.utterances, embedder, cfg.epi)
             routes = route(embedder.encode([q["question"] for q in qs]), episodes.centroids)
             n_ep = len(episodes.medoids)
             out["episodes"] = {"n": n_ep, "windows": len(windows),
@@ -205,9 +202,8 @@ class _Runner:
         answers: list[dict | None] = [None] * len(qs)
         peaks, prompt_peaks, stored, secs, trace, peak_tokens = [], [], 0, 0.0, None, None
         for e in sorted(set(int(x) for x in routes)):
-            press = EpisodicPress(headwise=cfg.headwise, sinks=cfg.sinks,
-                                  prompt_ids=tuple(patched_prompt_ids(self.tok, episodes.prompt_text(e))))
-            cache, st = self.prefill(ids, press, budgets)  # one compressed cache per episode
+            cache, st = episode_cache(self.model, self.tok, ids, episodes.prompt_text(e), budgets, cfg.block,
+                                      cfg.sinks, cfg.headwise)  # one compressed cache per episode
             peaks.append(st.peak_context_bytes)
             prompt_peaks.append(st.peak_bytes)
             stored += cache.nbytes()

@@ -198,3 +198,24 @@ def sensitivity_budgets(sigma: list[float], uniform: list[int], caps: list[int],
     s = [max(1.0 - x, 0.0) ** alpha for x in sigma]
     floors = [int(floor * u) for u in uniform]
     return allocate_compressed(s, uniform, caps, floors)
+
+
+# --- the EpiCache build, shared by `bench kv`, `ChatSession` and the server ------------------------------
+def conversation_episodes(utterances: list[str], embedder, cfg: EpiConfig) -> tuple[list[str], Episodes]:
+    """Windows of `cfg.window` utterances, clustered into episodes (MiniLM embeddings + K-means)."""
+    windows = conversation_windows(utterances, cfg.window)
+    return windows, cluster_episodes(embedder.encode(windows), windows, cfg)
+
+
+def episode_press(tokenizer, text: str, sinks: int, headwise: bool = False) -> EpisodicPress:
+    """The press that scores the history against an episode's patched prompt `text`."""
+    return EpisodicPress(headwise=headwise, sinks=sinks, prompt_ids=tuple(patched_prompt_ids(tokenizer, text)))
+
+
+def episode_cache(model, tokenizer, ids: list[int], prompt_text: str, budgets: list[int], block: int, sinks: int,
+                  headwise: bool = False):
+    """One episode's compressed cache over the whole history `ids`: block prefill evicted to `budgets` by the
+    episode's press. Returns (CompressedKVCache, PrefillStats)."""
+    from leaninfer.cache.prefill import block_prefill
+
+    return block_prefill(model, ids, episode_press(tokenizer, prompt_text, sinks, headwise), budgets, block)

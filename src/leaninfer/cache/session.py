@@ -22,9 +22,9 @@ from leaninfer.cache.episodic import (
     EpiConfig,
     EpisodicPress,
     SentenceEmbedder,
-    cluster_episodes,
-    conversation_windows,
-    patched_prompt_ids,
+    conversation_episodes,
+    episode_cache,
+    episode_press,
     route,
 )
 from leaninfer.cache.prefill import block_prefill
@@ -84,7 +84,7 @@ class ChatSession:
         return self._press_for("".join(ep.utterances[-self.cfg.recent :]) or " ")
 
     def _press_for(self, text: str) -> EpisodicPress:
-        return EpisodicPress(sinks=self.cfg.sinks, prompt_ids=tuple(patched_prompt_ids(self.tok, text)))
+        return episode_press(self.tok, text, self.cfg.sinks)
 
     def _append(self, ep: _Episode, ids: list[int]) -> None:
         ep.cache.next_position = self.position
@@ -100,11 +100,11 @@ class ChatSession:
         if self.budgets is None:
             self.budgets = self._budgets(max(1, math.ceil(len(ids) / self.cfg.ratio)))
         epi = EpiConfig(**{**self.cfg.epi.__dict__, "n_episodes": self.cfg.n_episodes})
-        windows = conversation_windows(conv.utterances, epi.window)
-        eps = cluster_episodes(self.embedder.encode(windows), windows, epi)
+        windows, eps = conversation_episodes(conv.utterances, self.embedder, epi)
         self.episodes = []
         for e in range(len(eps.medoids)):
-            cache, _ = block_prefill(self.model, ids, self._press_for(eps.prompt_text(e)), self.budgets, self.cfg.block)
+            cache, _ = episode_cache(self.model, self.tok, ids, eps.prompt_text(e), self.budgets, self.cfg.block,
+                                     self.cfg.sinks)
             members = [windows[i] for i in np.nonzero(eps.labels == e)[0]]
             self.episodes.append(_Episode(eps.centroids[e], cache, members, len(members)))
         self.position = len(ids)
