@@ -142,6 +142,16 @@ def test_error_shapes(server):
     assert e.value.code == "context_length_exceeded"
     with pytest.raises(openai.NotFoundError):
         client(server).embeddings.create(model="tiny", input="w5")
+    status, err = post(server, "/v1/completions", {"prompt": "w5", "leaninfer": {"method": "eagle"}})
+    assert status == 400 and "draft" in err["error"]["message"] and "/" not in err["error"]["message"]
+
+
+def test_tokenizer_endpoints(server, tiny_engine):
+    status, tok = post(server, "/tokenize", {"prompt": "w5 w6", "add_special_tokens": False})
+    assert status == 200 and tok["tokens"] == [5, 6]
+    assert post(server, "/detokenize", {"tokens": [5, 6]})[1]["prompt"] == "w5 w6"
+    with urllib.request.urlopen(server.url + "/tokenizer_info") as r:
+        assert json.loads(r.read())["eos_token"] == "<eos>"
 
 
 def test_load_8_clients_64_requests(server, tiny_engine):

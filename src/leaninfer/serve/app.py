@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from leaninfer.serve.chat import ChatFormatter, load_template
+from leaninfer.serve.chat import ChatFormatter, decode_special, load_template
 from leaninfer.serve.config import ServeConfig
 from leaninfer.serve.convert import (
     build_request,
@@ -28,7 +28,7 @@ from leaninfer.serve.convert import (
 )
 from leaninfer.serve.metrics import Metrics
 from leaninfer.serve.scheduler import Job, QueueFull, Scheduler
-from leaninfer.serve.schemas import APIError, ChatRequest, CompletionRequest
+from leaninfer.serve.schemas import APIError, ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def create_app(engine, cfg: ServeConfig | None = None) -> FastAPI:
     ctx = min(cfg.max_model_len, engine.cfg.max_seq_len)
     metrics = Metrics()
     sched = Scheduler(engine, cfg.max_batch, ctx, cfg.max_queue, metrics)
-    chat = ChatFormatter(engine.tokenizer, load_template(engine.source))
+    chat_template = load_template(engine.source)
+    chat = ChatFormatter(engine.tokenizer, chat_template)
     decode = engine.tokenizer.decode
     app = FastAPI(title="leaninfer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.scheduler, app.state.metrics = sched, metrics
@@ -103,6 +104,27 @@ def create_app(engine, cfg: ServeConfig | None = None) -> FastAPI:
         card = {"id": cfg.model_name, "object": "model", "created": int(time.time()), "owned_by": "leaninfer",
                 "root": cfg.model_name, "parent": None, "max_model_len": ctx, "permission": []}
         return {"object": "list", "data": [card]}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(request: Request):
+        _auth(request)
+        tok = engine.tokenizer
+        eos = [decode_special(tok, i) for i in sorted(engine.eos_ids)]
+        return {"eos_token": eos[0] if eos else None, "eos_tokens": eos, "bos_token": decode_special(tok, tok.bos_id),
+                "model_max_length": ctx, "chat_template": chat_template}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        body: TokenizeRequest = await _body(request, TokenizeRequest)
+        ids = engine.tokenizer.encode(body.prompt, add_bos=body.add_special_tokens) if body.prompt else []
+        return {"tokens": ids, "count": len(ids), "max_model_len": ctx}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        body: DetokenizeRequest = await _body(request, DetokenizeRequest)
+        if any(not 0 <= t < engine.cfg.vocab_size for t in body.tokens):
+            raise APIError(400, f"token ids must be in [0, {engine.cfg.vocab_size})", param="tokens")
+        return {"prompt": decode(body.tokens)}
 
     def _submit(jobs: list[Job]) -> None:
         try:

@@ -41,7 +41,7 @@ class ChatFormatter:
     def ids(self, messages: list[tuple[str, str]]) -> list[int]:
         """[(role, text)] -> prompt ids ending with the assistant's generation prompt."""
         if self.template is not None:
-            bos = _token_text(self.tok, self.tok.bos_id)
+            bos = decode_special(self.tok, self.tok.bos_id)
             text = self.template.render(messages=[{"role": r, "content": c} for r, c in messages],
                                         add_generation_prompt=True, bos_token=bos, eos_token="")
             return self.tok.encode(text, add_bos=not (bos and text.startswith(bos)))
@@ -59,7 +59,7 @@ class ChatFormatter:
         return self.tok.encode("".join(f"{r}: {t}\n" for r, t in messages) + "assistant:")
 
 
-def _token_text(tok, token_id: int | None) -> str:
+def decode_special(tok, token_id: int | None) -> str:
     """The vocabulary string of a (special) token, e.g. '<bos>'; '' when unknown."""
     if token_id is None:
         return ""

@@ -6,6 +6,7 @@ from leaninfer.generate.context import routing_for
 from leaninfer.generate.sampling import SamplingConfig
 from leaninfer.request import GenerateRequest, KVPolicy, MethodSpec, RoutingSpec, kv_policy
 from leaninfer.serve.config import ServeConfig
+from leaninfer.serve.scheduler import public_message
 from leaninfer.serve.schemas import APIError, CompletionRequest, LeaninferExt, _Sampling
 
 
@@ -33,7 +34,7 @@ def build_request(engine, body: _Sampling, max_new: int, cfg: ServeConfig) -> Ge
         return GenerateRequest(max_new_tokens=max(max_new, 1), sampling=sampling, method=method, routing=routing,
                                kv=kv, stop=stop, eos=not body.ignore_eos)
     except (ValueError, TypeError) as e:
-        raise APIError(400, str(e), param="leaninfer") from None
+        raise APIError(400, public_message(str(e)), param="leaninfer") from None
 
 
 def completion_prompts(engine, body: CompletionRequest, cfg: ServeConfig) -> list[tuple[list[int], str | None]]:

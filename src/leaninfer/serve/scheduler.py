@@ -11,6 +11,7 @@ when it is full.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -27,6 +28,14 @@ from leaninfer.serve.logprobs import prompt_logprobs, token_logprobs
 from leaninfer.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[\w.-]+[/\\])+[\w.-]*")
+
+
+def public_message(msg: str) -> str:
+    """An error message fit for a client: file paths replaced by <path>."""
+    return _PATH.sub("<path>", msg)
 
 
 class QueueFull(Exception):
@@ -239,7 +248,12 @@ class Scheduler:
             self.metrics.finished("abort", job, 0.0)
             return
         except ValueError as e:
-            job.emit({"type": "error", "message": str(e), "status": 400})
+            job.emit({"type": "error", "message": public_message(str(e)), "status": 400})
+            self.metrics.finished("error", job, 0.0)
+            return
+        except FileNotFoundError:  # a method whose trained draft is not installed here
+            job.emit({"type": "error", "status": 400, "message": f"method {job.request.method.name!r} needs a "
+                      "trained draft that this server does not have"})
             self.metrics.finished("error", job, 0.0)
             return
         except Exception as e:  # fails this request only; the batch goes on
