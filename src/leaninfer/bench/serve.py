@@ -157,7 +157,8 @@ def run_serve_bench(cfg: ServeBenchConfig) -> dict:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    return {"config": asdict(cfg), "machine": machine_info(), "results": results}
+    return {"config": asdict(cfg), "machine": {**machine_info(), "load_average_1m_at_end": os.getloadavg()[0]},
+            "results": results}
 
 
 def scaling(levels: list[dict]) -> float:
@@ -183,7 +184,10 @@ def write_serve_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]
              f"max batch {c['max_batch']}. Throughput at the most clients vs one client: {ratios}.\n\n"
              f"Reproduce: `leaninfer bench serve" + (" --quick" if c["requests"] == 16 else "") + "`\n\n"
              f"Machine: {result['machine']['processor']}, {result['machine']['cores']} cores, "
-             f"{result['machine']['date']}.")
+             f"{result['machine']['date']}" + (f", load average {load:.1f} at the end (other jobs running: "
+                                               "the levels ran under different contention)"
+                                               if (load := result["machine"].get("load_average_1m_at_end")) else "")
+             + ".")
     md = write_markdown(json_path.with_suffix(".md"), "Serving: throughput and latency vs concurrent clients",
                         [("", markdown_table(headers, rows, 1)), ("Notes", notes)])
 
