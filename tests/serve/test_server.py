@@ -78,6 +78,11 @@ def test_echo_logprobs_as_lm_eval_reads_them(server, tiny_engine):
     for i in range(1, len(ids)):
         assert lp.token_logprobs[i] == pytest.approx(float(ref[i - 1, ids[i]]), abs=1e-4)
     assert lp.token_logprobs[-1] == max(lp.top_logprobs[-1].values())  # greedy token: exact equality
+    only = client(server).completions.create(model="tiny", prompt=[ids], max_tokens=0, echo=True, logprobs=0)
+    assert only.choices[0].logprobs.token_logprobs[1:] == pytest.approx(lp.token_logprobs[1:-1], abs=1e-5)
+    assert only.usage.completion_tokens == 0
+    bare = client(server).completions.create(model="tiny", prompt="w5 w6", max_tokens=0, echo=True)
+    assert bare.choices[0].text == "w5 w6"
 
 
 def test_streaming_completion_and_chat(server, tiny_engine):
@@ -215,6 +220,9 @@ def test_bench_serve_level_and_report(server, tmp_path):
     port = int(server.url.rsplit(":", 1)[1])
     levels = [run_level(port, ["w5 w6", "w7 w8 w9"], c, cfg, {"ignore_eos": True}) for c in cfg.clients]
     assert [lv["output_tokens"] for lv in levels] == [16, 16] and levels[1]["ttft_p50_ms"] > 0
+    pooled = run_level(port, ["w5"], 2, cfg, {"ignore_eos": True}, [(levels[1].pop("_runs"), levels[1]["wall_s"])])
+    assert pooled["requests"] == 8 and pooled.pop("_runs")
+    levels[0].pop("_runs")
     paths = write_serve_report({"config": vars(cfg), "machine": {"processor": "x", "cores": 2, "date": "d"},
                                 "results": {"leaninfer": levels}}, tmp_path / "serve.json")
     assert all(p.exists() for p in paths) and "TTFT p50" in paths[1].read_text()

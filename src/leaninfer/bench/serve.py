@@ -35,6 +35,7 @@ class ServeBenchConfig:
     max_prompt_chars: int = 400  # chat-length prompts (Spec-Bench's long summarisation inputs left out)
     max_batch: int = 8
     llamacpp: bool = True
+    rounds: int = 1  # passes over the client levels; each level pools its rounds
     start_timeout_s: float = 600.0
     request_timeout_s: float = 600.0
 
@@ -97,17 +98,21 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def run_level(port: int, prompts: list[str], clients: int, cfg: ServeBenchConfig, extra: dict) -> dict:
+def run_level(port: int, prompts: list[str], clients: int, cfg: ServeBenchConfig, extra: dict,
+              rounds: list[tuple[list[dict], float]] | None = None) -> dict:
+    """`cfg.requests` completions from `clients` threads; `rounds`: earlier (runs, wall) of this level to pool."""
     bodies = [{"model": "bench", "prompt": prompts[i % len(prompts)], "max_tokens": cfg.max_tokens,
                "temperature": 0, **extra} for i in range(cfg.requests)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         runs = list(pool.map(lambda b: stream_completion(port, b, cfg.request_timeout_s), bodies))
     wall = time.perf_counter() - t0
+    for prev_runs, prev_wall in rounds or []:
+        runs, wall = runs + prev_runs, wall + prev_wall
     tokens = sum(r["tokens"] for r in runs)
     ttft = [r["ttft_s"] for r in runs]
     tpot = [(r["e2e_s"] - r["ttft_s"]) / (r["tokens"] - 1) for r in runs if r["tokens"] > 1]
-    return {"clients": clients, "requests": len(runs), "wall_s": wall, "output_tokens": tokens,
+    return {"clients": clients, "requests": len(runs), "wall_s": wall, "output_tokens": tokens, "_runs": runs,
             "tokens_per_s": tokens / wall, "requests_per_s": len(runs) / wall,
             **{f"ttft_p{q}_ms": 1000 * _pct(ttft, q) for q in (50, 90, 99)},
             **{f"tpot_p{q}_ms": 1000 * _pct(tpot, q) for q in (50, 90, 99)}}
@@ -150,7 +155,13 @@ def run_serve_bench(cfg: ServeBenchConfig) -> dict:
         try:
             _wait_ready(port, proc, ready, cfg.start_timeout_s)
             stream_completion(port, {"prompt": prompts[0], "max_tokens": 4, "temperature": 0}, 120)  # warm-up
-            results[backend] = [run_level(port, prompts, c, cfg, extra) for c in cfg.clients]
+            pooled: dict[int, list] = {c: [] for c in cfg.clients}
+            for _ in range(cfg.rounds):  # levels interleaved, so slow drifts of a shared machine hit all alike
+                for c in cfg.clients:
+                    level = run_level(port, prompts, c, cfg, extra, pooled[c])
+                    pooled[c] = [(level.pop("_runs"), level["wall_s"])]
+                    results.setdefault(backend, {})[c] = level
+            results[backend] = [results[backend][c] for c in cfg.clients]
         finally:
             proc.terminate()
             try:
@@ -180,9 +191,11 @@ def write_serve_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]
     ratios = ", ".join(f"{b}: {scaling(levels):.2f}x" for b, levels in result["results"].items())
     notes = (f"Streamed greedy completions of Spec-Bench prompts of at most {c['max_prompt_chars']} characters, "
              f"{c['max_tokens']} new tokens each (ignore_eos), "
-             f"{c['requests']} requests per level; model {c['model']}, precision {c['precision'] or 'default'}, "
+             f"{c['requests']} requests per level and round ({c.get('rounds', 1)} rounds, levels interleaved); "
+             f"model {c['model']}, precision {c['precision'] or 'default'}, "
              f"max batch {c['max_batch']}. Throughput at the most clients vs one client: {ratios}.\n\n"
-             f"Reproduce: `leaninfer bench serve" + (" --quick" if c["requests"] == 16 else "") + "`\n\n"
+             f"Reproduce: `leaninfer bench serve" + (" --quick" if c["requests"] == 16 else "")
+             + (f" --rounds {c['rounds']}" if c.get("rounds", 1) > 1 else "") + "`\n\n"
              f"Machine: {result['machine']['processor']}, {result['machine']['cores']} cores, "
              f"{result['machine']['date']}" + (f", load average {load:.1f} at the end (other jobs running: "
                                                "the levels ran under different contention)"

@@ -51,6 +51,7 @@ def bench_serve(
     max_tokens: Annotated[Optional[int], typer.Option(min=1)] = None,
     requests: Annotated[Optional[int], typer.Option(min=1, help="Requests per client count.")] = None,
     llamacpp: Annotated[bool, typer.Option(help="Also llama.cpp's server when llama_cpp is importable.")] = True,
+    rounds: Annotated[int, typer.Option(min=1, help="Passes over the levels (interleaved, pooled).")] = 1,
 ) -> None:
     """Throughput and TTFT / TPOT percentiles of `leaninfer serve` at 1, 4 and 8 concurrent clients."""
     from leaninfer.bench.serve import ServeBenchConfig, run_serve_bench, write_serve_report
@@ -62,7 +63,7 @@ def bench_serve(
         cfg.max_tokens = max_tokens
     if requests:
         cfg.requests = requests
-    cfg.llamacpp = llamacpp
+    cfg.llamacpp, cfg.rounds = llamacpp, rounds
     paths = write_serve_report(run_serve_bench(cfg), json_path)
     print(paths[1].read_text())
     console.print(f"wrote {', '.join(str(p) for p in paths)}")

@@ -158,10 +158,11 @@ class Scheduler:
         if job.cancelled.is_set():
             self.metrics.finished("abort", job, 0.0)
             return
-        if job.max_new == 0:
-            with torch.inference_mode():
-                hidden = self.engine.model(torch.tensor([job.ids], device=self.batch.device), logits=False).hidden
-            job.prompt_lps = prompt_logprobs(self.engine.model, hidden, job.ids, job.prompt_logprobs)
+        if job.max_new == 0:  # echo only: score the prompt, generate nothing
+            if job.prompt_logprobs is not None:
+                with torch.inference_mode():
+                    hidden = self.engine.model(torch.tensor([job.ids], device=self.batch.device), logits=False).hidden
+                job.prompt_lps = prompt_logprobs(self.engine.model, hidden, job.ids, job.prompt_logprobs)
             job.t_first = time.perf_counter()
             self._done(job, "length")
             return
