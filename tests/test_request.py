@@ -63,3 +63,23 @@ def test_kv_policy_with_room_is_lossless(tmp_path):
     assert out.token_ids == plain and out.stats["kv_budget"] == 64
     small = engine.generate(prompt, max_new_tokens=10, eos=False, kv=KVPolicy("streaming_llm", budget=8, block=8))
     assert len(small.token_ids) == 10
+
+
+def test_cli_generate_method_spec_and_kv(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from leaninfer.cli import app
+
+    tiny_model_dir(tmp_path)
+    base = ["generate", "w5 w6 w7 w5 w6 w7", "--model", str(tmp_path), "--max-new-tokens", "8", "--precision", "fp32",
+            "--json"]
+    runner = CliRunner()
+    plain = runner.invoke(app, base)
+    spec = runner.invoke(app, base + ["--method", "ngram:k=3,max_ngram=2", "--kv", "snapkv:budget=64,block=4"])
+    assert spec.exit_code == 0, spec.output
+    a, b = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (plain, spec))
+    assert a["token_ids"] == b["token_ids"] and b["method"] == "ngram:k=3,max_ngram=2" and b["kv_budget"] == 64
+    bad = runner.invoke(app, base + ["--method", "ngram:depth=3"])
+    assert bad.exit_code == 2 and "no option" in bad.output

@@ -226,3 +226,17 @@ def test_bench_serve_level_and_report(server, tmp_path):
     paths = write_serve_report({"config": vars(cfg), "machine": {"processor": "x", "cores": 2, "date": "d"},
                                 "results": {"leaninfer": levels}}, tmp_path / "serve.json")
     assert all(p.exists() for p in paths) and "TTFT p50" in paths[1].read_text()
+
+
+def test_api_key(tiny_engine):
+    from conftest import Running, free_port
+
+    from leaninfer.serve import ServeConfig
+
+    with Running(tiny_engine, ServeConfig(port=free_port(), model_name="tiny", api_key="s3cret")) as s:
+        with pytest.raises(openai.AuthenticationError):
+            client(s).models.list()
+        ok = openai.OpenAI(base_url=s.url + "/v1", api_key="s3cret", max_retries=0)
+        assert ok.completions.create(model="tiny", prompt="w5", max_tokens=2, temperature=0).choices
+        with urllib.request.urlopen(s.url + "/health") as r:  # health stays open
+            assert r.status == 200
