@@ -58,6 +58,6 @@ def server(tiny_engine):
     from leaninfer.serve import ServeConfig
 
     cfg = ServeConfig(port=free_port(), model_name="tiny", max_batch=4, max_queue=80, max_model_len=256,
-                      max_tokens_cap=64, max_body_bytes=20000)
+                      max_tokens_cap=64, max_body_bytes=20000, profiles={"ngram": "ngram:k=3"})
     with Running(tiny_engine, cfg) as s:
         yield s

@@ -24,7 +24,7 @@ def post(server, path, body, raw: bytes | None = None):
 
 
 def test_models_health_metrics(server):
-    assert [m.id for m in client(server).models.list().data] == ["tiny"]
+    assert [m.id for m in client(server).models.list().data] == ["tiny", "tiny:ngram"]
     with urllib.request.urlopen(server.url + "/health") as r:
         assert r.status == 200
     client(server).completions.create(model="tiny", prompt="w5 w6", max_tokens=3, temperature=0)
@@ -108,6 +108,9 @@ def test_extension_fields(server, tiny_engine):
     r = c.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0,
                              extra_body={"ignore_eos": True, "leaninfer": {"method": "ngram:k=3"}})
     assert r.choices[0].text == plain and r.usage.mean_accepted_tokens >= 1.0
+    r = c.completions.create(model="tiny:ngram", prompt=prompt, max_tokens=12, temperature=0,
+                             extra_body={"ignore_eos": True})  # a profile model id
+    assert r.choices[0].text == plain and r.usage.mean_accepted_tokens > 1.0
     r = c.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0,
                              extra_body={"ignore_eos": True, "leaninfer": {"kv": "snapkv:budget=64,block=4"}})
     assert r.choices[0].text == plain

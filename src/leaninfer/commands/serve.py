@@ -23,6 +23,8 @@ def serve(
     max_model_len: Annotated[int, typer.Option(min=2, help="Prompt + max_tokens limit.")] = 2048,
     max_tokens: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask for.")] = 1024,
     api_key: Annotated[Optional[str], typer.Option(help="Require this bearer key (or LEANINFER_API_KEY).")] = None,
+    profile: Annotated[Optional[list[str]], typer.Option(
+        help="NAME=METHOD_SPEC, served as model id MODEL:NAME (repeatable), e.g. ngram=ngram:k=4.")] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models,
     /health, /metrics) until stopped."""
@@ -31,9 +33,12 @@ def serve(
     from leaninfer.serve.run import serve as run_server
 
     try:
+        profiles = dict(p.split("=", 1) for p in profile or [] if "=" in p)
+        if len(profiles) != len(profile or []):
+            raise ValueError("--profile takes NAME=METHOD_SPEC")
         cfg = ServeConfig(host=host, port=port, model_name=served_name or model, max_batch=max_batch,
                           max_queue=max_queue, max_model_len=max_model_len, max_tokens_cap=max_tokens,
-                          api_key=api_key or os.environ.get("LEANINFER_API_KEY") or None)
+                          api_key=api_key or os.environ.get("LEANINFER_API_KEY") or None, profiles=profiles)
         engine = leaninfer.load(model, precision=precision)
     except (ValueError, leaninfer.ModelLoadError) as e:
         console.print(f"[red]error:[/red] {e}")

@@ -101,9 +101,12 @@ def create_app(engine, cfg: ServeConfig | None = None) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request):
         _auth(request)
-        card = {"id": cfg.model_name, "object": "model", "created": int(time.time()), "owned_by": "leaninfer",
-                "root": cfg.model_name, "parent": None, "max_model_len": ctx, "permission": []}
-        return {"object": "list", "data": [card]}
+        def card(name: str, parent: str | None) -> dict:
+            return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "leaninfer",
+                    "root": cfg.model_name, "parent": parent, "max_model_len": ctx, "permission": []}
+
+        cards = [card(cfg.model_name, None)] + [card(f"{cfg.model_name}:{p}", cfg.model_name) for p in cfg.profiles]
+        return {"object": "list", "data": cards}
 
     @app.get("/tokenizer_info")
     async def tokenizer_info(request: Request):

@@ -24,7 +24,7 @@ def build_request(engine, body: _Sampling, max_new: int, cfg: ServeConfig) -> Ge
         raise APIError(400, str(e)) from None
     ext = body.leaninfer or LeaninferExt()
     try:
-        method = MethodSpec.parse(ext.method)
+        method = MethodSpec.parse(ext.method if ext.method is not None else cfg.profile_method(body.model))
         routing = RoutingSpec(ext.moe_k, ext.roe, 0.2 if ext.roe_tau is None else ext.roe_tau)
         kv = kv_policy(ext.kv)
         if ext.kv_budget is not None:
