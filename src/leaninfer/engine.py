@@ -107,6 +107,9 @@ class Engine:
         """
         if request is None:
             request = GenerateRequest.from_kwargs(**kwargs)
+        elif not isinstance(request, GenerateRequest):
+            raise TypeError("the second argument is a GenerateRequest; pass max_new_tokens= and other options by "
+                            "keyword")
         elif kwargs:
             raise ValueError("pass either a GenerateRequest or keyword arguments, not both")
         ids = self.encode(prompt)
