@@ -178,6 +178,19 @@ def scaling(levels: list[dict]) -> float:
     return by[max(by)] / by[1] if 1 in by and by[1] > 0 else float("nan")
 
 
+def _reproduce(c: dict) -> str:
+    quick = asdict(ServeBenchConfig.quick(model=c["model"]))
+    base = quick if c["requests"] == quick["requests"] and c["max_tokens"] == quick["max_tokens"] else \
+        asdict(ServeBenchConfig(model=c["model"]))
+    args = ["leaninfer bench serve"] + (["--quick"] if base == quick else [])
+    args += [f"--requests {c['requests']}"] if c["requests"] != base["requests"] else []
+    args += [f"--max-tokens {c['max_tokens']}"] if c["max_tokens"] != base["max_tokens"] else []
+    args += [f"--clients {n}" for n in c["clients"]] if c["clients"] != base["clients"] else []
+    args += [f"--rounds {c['rounds']}"] if c.get("rounds", 1) != 1 else []
+    args += [f"--model {c['model']}"] if c["model"] != "default" else []
+    return " ".join(args)
+
+
 def write_serve_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
     json_path = Path(json_path)
     result["scaling_vs_1_client"] = {b: scaling(levels) for b, levels in result["results"].items()}
@@ -194,8 +207,7 @@ def write_serve_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]
              f"{c['requests']} requests per level and round ({c.get('rounds', 1)} rounds, levels interleaved); "
              f"model {c['model']}, precision {c['precision'] or 'default'}, "
              f"max batch {c['max_batch']}. Throughput at the most clients vs one client: {ratios}.\n\n"
-             f"Reproduce: `leaninfer bench serve" + (" --quick" if c["requests"] == 16 else "")
-             + (f" --rounds {c['rounds']}" if c.get("rounds", 1) > 1 else "") + "`\n\n"
+             f"Reproduce: `{_reproduce(c)}`\n\n"
              f"Machine: {result['machine']['processor']}, {result['machine']['cores']} cores, "
              f"{result['machine']['date']}" + (f", load average {load:.1f} at the end (other jobs running: "
                                                "the levels ran under different contention)"
