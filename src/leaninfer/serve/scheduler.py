@@ -125,6 +125,8 @@ class Scheduler:
                     head = None
                 self.metrics.set_queue(len(self.waiting), len(self.rows) + (head is not None))
             try:
+                if self.batch.device.type == "cpu":
+                    self.engine.threads.apply()  # the cores other processes leave free (generate/threads.py)
                 if head is not None:
                     self._start(head)
                 elif self.rows:
