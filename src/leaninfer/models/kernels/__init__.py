@@ -60,11 +60,11 @@ def kernel_note() -> str:
 
 
 def _build() -> None:
+    import hashlib
+
     from torch.utils.cpp_extension import load
 
     from leaninfer.paths import cache_dir
-
-    import hashlib
 
     here = Path(__file__).parent
     sources = [here / "q8.cpp", here / "attention.cpp", here / "fused.cpp"]
