@@ -338,8 +338,8 @@ def _engine_sections(result: dict) -> list[tuple[str, str]]:
                f"{q['greedy_identical_to_fp32']} prompts. Speculative methods are lossless against plain decoding "
                "at the same precision (bit-identical rows for any block size), not against fp32.")
     b, bw = e["bytes"], e["read_bandwidth_gbs"]
-    roof = markdown_table(["kernel (1 row)", "shape", "MB", "ms", "GB/s", "share of read bandwidth"],
-                          [[r["kernel"], r["shape"], r["mb"], r["ms"], r["gb_per_s"],
+    roof = markdown_table(["kernel (1 row)", "shape", "instances", "MB", "ms", "GB/s", "share of read bandwidth"],
+                          [[r["kernel"], r["shape"], r["count"], r["mb"], r["ms"], r["gb_per_s"],
                             f"{100 * r['gb_per_s'] / bw:.0f}%"] for r in e["roofline"]], digits=2)
     tpot = result["backends"]["ours"]["tpot_s"] * 1000
     roofline = (f"Weights read per token: {b['total_mb']:.0f} MB (layers {b['layers_mb']:.0f}, head "
