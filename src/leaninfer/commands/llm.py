@@ -27,7 +27,7 @@ def generate(
                       ] = "ar",
     kv: Annotated[Optional[str], typer.Option(help="KV compression of the prompt: press:budget=N[,block=B] "
                                                    "(e.g. snapkv:budget=128).")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | int8 | int4 (default: library's)")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="w8a8 | fp32 | bf16 | int8 | int4 (default: w8a8)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
     moe_k: Annotated[Optional[int], typer.Option(min=1, help="MoE: experts per token (default: native).")] = None,
     roe: Annotated[Optional[int], typer.Option(min=1, help="MoE models: Roster of Experts with N members.")] = None,

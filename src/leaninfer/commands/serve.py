@@ -16,7 +16,7 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps the server local.")] = "127.0.0.1",
     model: Annotated[str, typer.Option(help="'default', a GGUF file or a model folder.")] = "default",
-    precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | int8 | int4 (default: library's)")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="w8a8 | fp32 | bf16 | int8 | int4 (default: w8a8)")] = None,
     served_name: Annotated[Optional[str], typer.Option(help="Model id in /v1/models (default: --model).")] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Plain requests decoded together.")] = 8,
     max_queue: Annotated[int, typer.Option(min=1, help="Waiting prompts before 429.")] = 64,
