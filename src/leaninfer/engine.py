@@ -12,14 +12,14 @@ import torch
 from leaninfer.generate.loop import TextStream
 from leaninfer.generate.methods import decode_request
 from leaninfer.generate.threads import ThreadPolicy
-from leaninfer.io import ModelLoadError
-from leaninfer.io.store import quantized_path, read_model_config, read_model_dir, resolve
+from leaninfer.io.store import load_quantized_state, read_model_config, read_model_dir, resolve, save_quantized_state
 from leaninfer.io.tokenizer import Tokenizer
 from leaninfer.models.build import build_decoder
 from leaninfer.models.config import ModelConfig
 from leaninfer.models.quant import PRECISIONS, align_buffers, quantize_model
 from leaninfer.models.transformer import Decoder
 from leaninfer.request import GenerateRequest
+from leaninfer.validate import validate_generate_kwargs, validate_load_args, validate_prompt_ids, validate_request
 
 # The fastest precision whose perplexity stays within 1% of fp32 on the default model (reports/decode.md: w8a8
 # +0.17% on 8 passages in a pilot; the bench reports the full measurement).
@@ -77,12 +77,7 @@ class Engine:
             if not prompt:
                 raise ValueError("empty prompt")
             return self.tokenizer.encode(prompt)
-        ids = [int(t) for t in prompt]
-        if not ids:
-            raise ValueError("empty prompt")
-        if min(ids) < 0 or max(ids) >= self.cfg.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size})")
-        return ids
+        return validate_prompt_ids(prompt, self.cfg.vocab_size)
 
     def chat_prompt(self, user_text: str) -> str:
         """Wrap a user message in Gemma's chat turn format when the vocabulary has it."""
@@ -107,7 +102,7 @@ class Engine:
         after prefill; 1.00 for plain decoding), prompt_tokens, new_tokens.
         """
         if request is None:
-            request = GenerateRequest.from_kwargs(**kwargs)
+            request = GenerateRequest.from_kwargs(**validate_generate_kwargs(kwargs))
         elif not isinstance(request, GenerateRequest):
             raise TypeError("the second argument is a GenerateRequest; pass max_new_tokens= and other options by "
                             "keyword")
@@ -117,6 +112,7 @@ class Engine:
         if len(ids) + request.max_new_tokens > self.cfg.max_seq_len:
             raise ValueError(f"prompt ({len(ids)}) + max_new_tokens ({request.max_new_tokens}) exceeds the context "
                              f"({self.cfg.max_seq_len})")
+        validate_request(request, self.cfg, len(ids))  # bounds on what the method would allocate
         threads = self.threads.apply() if self.device.type == "cpu" else None
         text_stream = TextStream(self.tokenizer.decode, request.stop, stream) if self.tokenizer else None
         on_token = text_stream.push if text_stream and (request.stop or stream) else None
@@ -147,23 +143,19 @@ class Engine:
 
 
 def _load_model(folder: Path, precision: str) -> tuple[Decoder, Tokenizer | None]:
-    """Build the model at `precision`; quantised weights are computed once and cached beside the fp32 ones."""
-    from safetensors.torch import load_file, save_file
-
-    qfile = quantized_path(folder, precision) if precision != "fp32" else None
-    if qfile is not None and qfile.exists():
+    """Build the model at `precision`; quantised weights are computed once and cached (verified on load)."""
+    state = load_quantized_state(folder, precision) if precision != "fp32" else None
+    if state is not None:
         cfg, tok = read_model_config(folder)
         with torch.device("meta"):
             model = quantize_model(Decoder(cfg), precision, empty=True)
-        model.load_state_dict(load_file(str(qfile)), assign=True, strict=True)
+        model.load_state_dict(state, assign=True, strict=True)
         return align_buffers(model).eval(), tok
     cfg, state, tok = read_model_dir(folder)
     model = build_decoder(cfg, state)
-    if qfile is not None:
+    if precision != "fp32":
         quantize_model(model, precision)
-        tmp = qfile.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        tmp.rename(qfile)
+        save_quantized_state(folder, precision, model.state_dict())
     return model, tok
 
 
@@ -176,12 +168,8 @@ def load(name_or_path: str | Path = "default", precision: str | None = None, dev
     leave free, re-chosen at each generate) or a fixed count.
     """
     ThreadPolicy(threads)  # validate before any work
-    precision = precision or DEFAULT_PRECISION
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = validate_load_args(name_or_path, precision or DEFAULT_PRECISION, device, PRECISIONS)
     folder = resolve(name_or_path)
-    if precision != "fp32" and device not in (None, "cpu"):
-        raise ModelLoadError("weight-only quantised kernels are CPU kernels; use precision='fp32' on CUDA")
     model, tok = _load_model(folder, precision)
     if device:
         model = model.to(device)

@@ -8,11 +8,13 @@ from pathlib import Path
 import platformdirs
 
 
-def cache_dir(*parts: str) -> Path:
-    """User cache directory (override with LEANINFER_CACHE); sub-folders are created on demand."""
+def cache_dir(*parts: str, create: bool = True) -> Path:
+    """User cache directory (LEANINFER_CACHE, else $XDG_CACHE_HOME/leaninfer, else ~/.cache/leaninfer);
+    sub-folders are created on demand unless `create=False` (lookups)."""
     root = Path(os.environ.get("LEANINFER_CACHE") or platformdirs.user_cache_dir("leaninfer"))
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -39,7 +39,7 @@ def test_seeded_sampling_is_deterministic_and_matches_distribution():
     assert torch.allclose(freq, torch.tensor([0.2, 0.5, 0.3]), atol=0.02)
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)])
+@pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_k=0), dict(top_p=-0.1), dict(top_p=1.5)])
 def test_bad_sampling_options(kw):
     with pytest.raises(ValueError):
         SamplingConfig(**kw)

@@ -113,7 +113,7 @@ def test_load_gguf_path_converts_once_and_runs(tmp_path, monkeypatch):
     engine = leaninfer.load(path, precision="fp32")
     out = engine.generate([1, 5, 9, 11], max_new_tokens=5, eos=False)
     assert len(out.token_ids) == 5
-    converted = list((tmp_path / "cache" / "models").iterdir())
+    converted = [p for p in (tmp_path / "cache" / "models").iterdir() if not p.name.startswith(".")]
     assert len(converted) == 1 and (converted[0] / "leaninfer.json").exists()
     again = leaninfer.load(path, precision="fp32").generate([1, 5, 9, 11], max_new_tokens=5, eos=False)
     assert again.token_ids == out.token_ids
