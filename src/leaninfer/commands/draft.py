@@ -13,19 +13,32 @@ draft_app = typer.Typer(help="Draft models for speculative decoding: build the d
 DEFAULT_FEATURES = [2, 9, 15, 18]  # EAGLE's low/middle/high layers and the last (Medusa/Hydra) of an 18-layer target
 
 
-def _data_dir(engine, n_prompts: int, new_tokens: int, derived: bool) -> Path:
+DEFAULT_PROMPTS = 480  # `draft data` and `draft train` share one default set
+
+
+def _data_dir(engine, n_prompts: int, new_tokens: int, derived: bool, features: list[int] | None = None) -> Path:
     from leaninfer.paths import cache_dir
 
     name = f"{Path(engine.source).name}-{engine.precision}-n{n_prompts}-t{new_tokens}{'-d' if derived else ''}"
-    return cache_dir("distill", name)
+    if features is not None and list(features) != DEFAULT_FEATURES:  # the default set keeps its old name
+        name += "-f" + (".".join(str(f) for f in features) or "none")
+    return cache_dir("distill", name, create=False)
+
+
+def _check_features(engine, layers: list[int]) -> None:
+    bad = [n for n in layers if not 1 <= n <= engine.cfg.n_layers]
+    if bad:
+        raise typer.BadParameter(f"feature layers {bad} are outside 1..{engine.cfg.n_layers} for this target")
 
 
 @draft_app.command("data")
 def draft_data(
     target: Annotated[str, typer.Option(help="'default', a GGUF file or a model folder.")] = "default",
-    n_prompts: Annotated[int, typer.Option(min=1)] = 256,
+    n_prompts: Annotated[int, typer.Option(min=1)] = DEFAULT_PROMPTS,
     new_tokens: Annotated[int, typer.Option(min=1)] = 128,
-    feature_layers: Annotated[Optional[list[int]], typer.Option(help="Layer outputs to store (repeatable).")] = None,
+    feature_layers: Annotated[Optional[list[int]], typer.Option(help="Layer outputs to store (repeatable; default "
+                                                                "2, 9, 15, 18: what `draft train` reads).")] = None,
+    tokens_only: Annotated[bool, typer.Option(help="Store no hidden states (draft-lm / mirror only).")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: user cache).")] = None,
     precision: Annotated[Optional[str], typer.Option()] = None,
     derived: Annotated[bool, typer.Option(help="Add stage-2 prompts built from the stage-1 outputs.")] = True,
@@ -33,15 +46,20 @@ def draft_data(
     worker: Annotated[int, typer.Option(min=0, help="Run as worker W of --n-workers processes.")] = 0,
     n_workers: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
-    """Target continuations of the project's own prompts (+ hidden states), sharded and resumable."""
+    """Target continuations of the project's own prompts (+ hidden states), sharded and resumable. The defaults
+    build the set `draft train` uses by default."""
     import leaninfer
     from leaninfer.train.distill import DistillConfig, build_distill_set
 
-    engine = leaninfer.load(target, precision=precision)
-    cfg = DistillConfig(n_prompts=n_prompts, new_tokens=new_tokens, feature_layers=feature_layers or [],
+    if worker >= n_workers:
+        raise typer.BadParameter(f"--worker must be in 0..{n_workers - 1} for --n-workers {n_workers}")
+    layers = [] if tokens_only else list(feature_layers or DEFAULT_FEATURES)
+    cfg = DistillConfig(n_prompts=n_prompts, new_tokens=new_tokens, feature_layers=layers,
                         derived=derived, batch_size=batch_size, worker=worker,
                         n_workers=n_workers)
-    folder = out or _data_dir(engine, n_prompts, new_tokens, derived)
+    engine = leaninfer.load(target, precision=precision)
+    _check_features(engine, layers)
+    folder = out or _data_dir(engine, n_prompts, new_tokens, derived, layers)
     print(build_distill_set(engine, folder, cfg))
 
 
@@ -50,7 +68,8 @@ def draft_train(
     kind: Annotated[str, typer.Option(help="eagle | medusa | hydra | draft-lm | mirror (streaming)")] = "eagle",
     target: Annotated[str, typer.Option(help="'default', a GGUF file or a model folder.")] = "default",
     data: Annotated[Optional[Path], typer.Option(help="Distillation set (default: the one `draft data` "
-                                                 "builds with its defaults, built first if missing).")] = None,
+                                                 "builds with its defaults, built or finished first if "
+                                                 "missing or partial).")] = None,
     minutes: Annotated[float, typer.Option(min=0.1, help="Wall-clock training budget.")] = 30.0,
     max_steps: Annotated[Optional[int], typer.Option(min=1)] = None,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
@@ -71,11 +90,21 @@ def draft_train(
     import json
 
     import leaninfer
-    from leaninfer.io.drafts import draft_dir
-    from leaninfer.train.distill import DistillConfig, build_distill_set
+    from leaninfer.io.drafts import KINDS, draft_dir
+    from leaninfer.train.distill import DistillConfig, build_distill_set, check_distill_set, is_complete
     from leaninfer.train.drafts import DraftTrainConfig, DraftTrainer
 
-    extra = {"lm_layers": tuple(int(x) for x in lm_layers.split(","))} if lm_layers else {}
+    if kind not in KINDS:  # checked before the target is loaded
+        raise typer.BadParameter(f"unknown draft kind {kind!r}; choose from {', '.join(KINDS)}", param_hint="--kind")
+    try:
+        extra = {"lm_layers": tuple(int(x) for x in lm_layers.split(","))} if lm_layers else {}
+    except ValueError:
+        raise typer.BadParameter(f"--lm-layers must be comma-separated integers, got {lm_layers!r}") from None
+    if data is not None:
+        try:
+            check_distill_set(data)
+        except (FileNotFoundError, ValueError) as e:
+            raise typer.BadParameter(str(e), param_hint="--data") from None
     engine = leaninfer.load(target)
     if kind == "mirror":  # the streaming draft starts from the trained draft LM when there is one
         base = draft_dir(engine.source, "draft-lm")
@@ -84,10 +113,11 @@ def draft_train(
     cfg = DraftTrainConfig(kind=kind, minutes=minutes, max_steps=max_steps, lr=lr, batch_tokens=batch_tokens,
                            draft_vocab=draft_vocab, ttt_steps=ttt_steps, n_heads=n_heads, **extra)
     if data is None:
-        data = _data_dir(engine, 480, 128, True)
-        if not (data / "config.json").exists():
-            build_distill_set(engine, data, DistillConfig(n_prompts=480, new_tokens=128, derived=True,
-                                                          feature_layers=DEFAULT_FEATURES))
+        default = DistillConfig(n_prompts=DEFAULT_PROMPTS, new_tokens=128, derived=True,
+                                feature_layers=DEFAULT_FEATURES)
+        data = _data_dir(engine, DEFAULT_PROMPTS, 128, True, DEFAULT_FEATURES)
+        if not is_complete(data, default):  # missing or interrupted: build (resumes from the shards written)
+            build_distill_set(engine, data, default)
     folder = out or draft_dir(engine.source, kind)
     if fresh and (folder / "checkpoint.pt").exists():
         (folder / "checkpoint.pt").unlink()

@@ -23,9 +23,10 @@ def _emit(result: dict, json_out: bool) -> None:
 
 @moe_app.command("build")
 def moe_build(
-    name: Annotated[str, typer.Option(help="Name of the MoE in the user cache.")] = "gemma3-moe",
-    experts: Annotated[int, typer.Option(min=2, help="Experts per layer.")] = 16,
-    k: Annotated[int, typer.Option(min=1, help="Native experts per token.")] = 8,
+    name: Annotated[Optional[str], typer.Option(help="Name of the MoE in the user cache (default gemma3-moe, "
+                                                    "with --quick gemma3-moe-quick).")] = None,
+    experts: Annotated[Optional[int], typer.Option(min=2, help="Experts per layer (default 16).")] = None,
+    k: Annotated[Optional[int], typer.Option(min=1, help="Native experts per token (default 8).")] = None,
     train_steps: Annotated[Optional[int], typer.Option(min=1, help="Most distillation steps (the time budget may "
                                                                   "end training first).")] = None,
     max_minutes: Annotated[float, typer.Option(min=1.0, help="Budget of this run, set-up included.")] = 60.0,
@@ -39,11 +40,10 @@ def moe_build(
     from leaninfer.moe.build import BuildConfig, build_moe
 
     logging.basicConfig(level=logging.INFO)
-    try:
-        cfg = (BuildConfig.quick() if quick else
-               BuildConfig(name=name, n_experts=experts, top_k=k, max_minutes=max_minutes,
-                           **{key: v for key, v in (("train_steps", train_steps), ("lr", lr), ("router_lr", router_lr))
-                              if v is not None}))
+    given = {key: v for key, v in (("name", name), ("n_experts", experts), ("top_k", k), ("train_steps", train_steps),
+                                   ("lr", lr), ("router_lr", router_lr)) if v is not None}
+    try:  # --quick is a preset: options given explicitly still apply on top of it
+        cfg = BuildConfig.quick(**given) if quick else BuildConfig(max_minutes=max_minutes, **given)
         out = build_moe(cfg, force=force)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
@@ -102,13 +102,12 @@ def moe_eval(
 ) -> None:
     """Held-out perplexity and multiple-choice accuracy at each k (cached per setting)."""
     from leaninfer.io.store import resolve
-    from leaninfer.moe.build import model_dir
+    from leaninfer.moe.build import built_model
     from leaninfer.moe.evaluate import EvalConfig, eval_data, evaluate, load_fp32
     from leaninfer.moe.roe import RoEConfig
 
     logging.basicConfig(level=logging.INFO)
-    folder = model_dir(model) if model_dir(model).is_dir() and (model_dir(model) / "leaninfer.json").exists() \
-        else resolve(model)
+    folder = built_model(model) or resolve(model)
     engine = load_fp32(folder)
     cfg = EvalConfig(split=split)
     data = eval_data(engine.tokenizer.encode, cfg)

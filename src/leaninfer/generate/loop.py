@@ -78,10 +78,15 @@ def emit_tokens(
 
 
 class TextStream:
-    """Turns generated ids into text increments; finds stop strings. `push(id)` returns True on a stop."""
+    """Turns generated ids into text increments; finds stop strings. `push(id)` returns True on a stop.
+
+    Text that may be the start of a stop string is held back until it is known not to be one, so a stream
+    never shows part of a stop string (the streamed text always equals the final `text`)."""
 
     def __init__(self, decode: Callable[[list[int]], str], stop: list[str] | None = None,
                  on_text: Callable[[str], None] | None = None) -> None:
+        if isinstance(stop, str):  # one stop sequence, not its characters
+            stop = [stop]
         self.decode, self.stop, self.on_text = decode, [s for s in (stop or []) if s], on_text
         self.ids: list[int] = []
         self.emitted = 0
@@ -91,21 +96,31 @@ class TextStream:
     def push(self, token: int) -> bool:
         self.ids.append(token)
         text = self.decode(self.ids)
-        for s in self.stop:
-            cut = text.find(s)
-            if cut >= 0:
-                self.text, self.stopped = text[:cut], True
-                self._emit()
-                return True
+        cuts = [c for c in (text.find(s) for s in self.stop) if c >= 0]
+        if cuts:
+            self.text, self.stopped = text[: min(cuts)], True
+            self._emit()
+            return True
         self.text = text
         if not text.endswith("\ufffd"):  # hold back incomplete multi-byte characters
-            self._emit()
+            self._emit(len(text) - self._held(text))
         return False
 
-    def _emit(self) -> None:
-        if self.on_text is not None and len(self.text) > self.emitted:
-            self.on_text(self.text[self.emitted :])
-        self.emitted = max(self.emitted, len(self.text))
+    def _held(self, text: str) -> int:
+        """Length of the longest tail of `text` that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(text)), best, -1):
+                if s.startswith(text[-n:]):
+                    best = n
+                    break
+        return best
+
+    def _emit(self, end: int | None = None) -> None:
+        end = len(self.text) if end is None else end
+        if self.on_text is not None and end > self.emitted:
+            self.on_text(self.text[self.emitted : end])
+        self.emitted = max(self.emitted, end)
 
     def finish(self) -> str:
         self._emit()

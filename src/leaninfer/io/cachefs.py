@@ -189,8 +189,10 @@ def safe_torch_load(path: str | Path, map_location="cpu", safe_globals: list | N
         with torch.serialization.safe_globals(list(safe_globals or [])):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path} holds more than tensors and plain data; refusing to unpickle it "
-                         f"(leaninfer never runs code from files): {str(e).splitlines()[0]}") from None
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" (it asks for {found.group(1)})" if found else ""
+        raise ValueError(f"{path} holds more than tensors and plain data{what}; refusing to unpickle it: "
+                         "leaninfer never runs code from files") from None
 
 
 def check_name(name: str, what: str = "name") -> str:

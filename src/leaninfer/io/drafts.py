@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from leaninfer.io.cachefs import atomic_torch_save, atomic_write_text, safe_torch_load
 from leaninfer.models.eagle import EagleConfig, EagleDraft
 from leaninfer.models.heads import DraftHeads, HeadsConfig
 from leaninfer.paths import cache_dir
@@ -35,7 +35,7 @@ def target_key(source: str | Path) -> str:
 def draft_dir(source: str | Path, kind: str) -> Path:
     if kind not in KINDS:
         raise ValueError(f"unknown draft kind {kind!r}; choose from {', '.join(KINDS)}")
-    return cache_dir("drafts", target_key(source), kind)
+    return cache_dir("drafts", target_key(source), kind, create=False)  # a lookup creates nothing
 
 
 def build_draft(kind: str, config: dict) -> nn.Module:
@@ -57,12 +57,9 @@ def build_draft(kind: str, config: dict) -> nn.Module:
 def save_draft(folder: Path, kind: str, config: dict, module: nn.Module, info: dict | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "weights.pt.tmp"
-    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
-    os.replace(tmp, folder / "weights.pt")
-    meta = {"kind": kind, "config": config, "info": info or {}}
-    (folder / "config.json.tmp").write_text(json.dumps(meta, indent=2))
-    os.replace(folder / "config.json.tmp", folder / "config.json")
+    atomic_torch_save({k: v.detach().cpu() for k, v in module.state_dict().items()}, folder / "weights.pt")
+    atomic_write_text(folder / "config.json", json.dumps({"kind": kind, "config": config, "info": info or {}},
+                                                         indent=2))
     return folder
 
 
@@ -88,7 +85,10 @@ def load_draft(folder: Path, device: str | torch.device = "cpu",
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "weights.pt").is_file():
         raise DraftNotFoundError(f"no trained draft in {folder}")
-    meta = json.loads((folder / "config.json").read_text())
-    module = build_draft(meta["kind"], meta["config"])
-    module.load_state_dict(torch.load(folder / "weights.pt", weights_only=True, map_location="cpu"))
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+        module = build_draft(meta["kind"], meta["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"bad or truncated draft config {folder / 'config.json'}: {e}") from None
+    module.load_state_dict(safe_torch_load(folder / "weights.pt"))
     return meta["kind"], quantize_draft(module.eval(), precision).to(device), meta

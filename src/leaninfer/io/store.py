@@ -200,7 +200,8 @@ def content_key(folder: Path) -> str:
 def quantized_path(folder: Path, precision: str) -> Path:
     """Where the quantised state of a model folder is cached (keyed by content, precision and format)."""
     folder = Path(folder)
-    return cache_dir("quantized", create=False) / f"{folder.name}-{content_key(folder)}-{precision}-v{QUANT_FORMAT}.safetensors"
+    name = f"{folder.name}-{content_key(folder)}-{precision}-v{QUANT_FORMAT}.safetensors"
+    return cache_dir("quantized", create=False) / name
 
 
 def _sidecar(qfile: Path) -> str:

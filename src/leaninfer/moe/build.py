@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from leaninfer.io.cachefs import atomic_torch_save, check_name, file_lock, safe_torch_load, writing
 from leaninfer.io.store import read_model_dir, resolve
 from leaninfer.io.tokenizer import Tokenizer
 from leaninfer.models.build import build_decoder
@@ -58,6 +59,7 @@ class BuildConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_name(self.name, "MoE name")
         if not 0 < self.top_k <= self.n_experts:
             raise ValueError(f"need 0 < top_k <= n_experts, got {self.top_k}, {self.n_experts}")
         if self.collect_tokens < self.cluster_tokens or self.seq_len < 2 or self.max_minutes <= 0:
@@ -69,8 +71,18 @@ class BuildConfig:
                       "fit_steps": 10, "train_steps": 4, "seq_len": 64, **kw})
 
 
-def model_dir(name: str) -> Path:
-    return cache_dir("moe") / name
+def model_dir(name: str, create: bool = True) -> Path:
+    """The folder of a built MoE in the user cache; `name` must be a plain name (no separators, no '..')."""
+    return cache_dir("moe", create=create) / check_name(name, "MoE name")
+
+
+def built_model(name_or_path: str) -> Path | None:
+    """The folder of a finished MoE build called `name_or_path`, or None (it may be a path or 'default')."""
+    try:
+        folder = model_dir(name_or_path, create=False)
+    except ValueError:
+        return None
+    return folder if (folder / "leaninfer.json").is_file() else None
 
 
 def load_dense(source: str | Path) -> tuple[Path, ModelConfig, dict, Tokenizer | None, Decoder]:
@@ -132,21 +144,31 @@ def _moe_model(dense_state: dict, dense_cfg, cfg: BuildConfig, ffn: dict) -> Dec
     return build_decoder(mcfg, {**state, **ffn})
 
 
+def _init_key(cfg: BuildConfig) -> dict:
+    """The settings the MoEfied layers (init.pt) depend on."""
+    keep = ("source", "n_experts", "top_k", "seq_len", "collect_tokens", "cluster_tokens", "router_steps",
+            "fit_steps", "seed")
+    return {k: v for k, v in asdict(cfg).items() if k in keep}
+
+
 def build_moe(cfg: BuildConfig, force: bool = False) -> Path:
     """Run (or resume) the build; returns the model folder. An existing finished build is reused."""
     out = model_dir(cfg.name)
     if (out / "build.json").exists() and not force:
         log.info("MoE %s already built at %s", cfg.name, out)
         return out
-    work = cache_dir("moe", cfg.name + ".work")
+    work = cache_dir("moe", check_name(cfg.name, "MoE name") + ".work")
     t0 = time.perf_counter()
     src, dense_cfg, dense_state, tok, dense = load_dense(cfg.source)
     chunks = chunk_tokens(tok.encode, train_texts(), cfg.seq_len)
     random.Random(cfg.seed).shuffle(chunks)
     log.info("%d training chunks of %d tokens", len(chunks), cfg.seq_len)
     init = work / "init.pt"
-    if init.exists():
-        saved = torch.load(init, weights_only=False)
+    saved = safe_torch_load(init) if init.exists() else None
+    if saved is not None and saved.get("config") != _init_key(cfg):  # written by a build with other settings
+        log.warning("ignoring %s: it was written with other settings", init)
+        saved = None
+    if saved is not None:
         ffn, errors = saved["ffn"], saved["errors"]
     else:
         xs = _collect(dense, chunks, cfg.collect_tokens)
@@ -155,7 +177,7 @@ def build_moe(cfg: BuildConfig, force: bool = False) -> Path:
             state, err = _moefy_layer(dense, i, xs[i], cfg)
             ffn.update(state)
             errors.append(err)
-        torch.save({"ffn": ffn, "errors": errors}, init)
+        atomic_torch_save({"ffn": ffn, "errors": errors, "config": _init_key(cfg)}, init)
     model = _moe_model(dense_state, dense_cfg, cfg, ffn)
     init_s = time.perf_counter() - t0
     budget = cfg.max_minutes - init_s / 60
@@ -172,15 +194,15 @@ def build_moe(cfg: BuildConfig, force: bool = False) -> Path:
 
 def save_model(model: Decoder, src: Path, out: Path, meta: dict, meta_name: str = "build.json") -> None:
     """Write a model folder (config, weights, the source's tokenizer, a JSON of metadata) atomically."""
+    with file_lock(out), writing(out, folder=True) as tmp:
+        _write_model(model, src, tmp, meta, meta_name)
+
+
+def _write_model(model: Decoder, src: Path, tmp: Path, meta: dict, meta_name: str) -> None:
     from safetensors.torch import save_file
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     if (src / "tokenizer.json").exists():
         shutil.copy(src / "tokenizer.json", tmp / "tokenizer.json")
     model.cfg.save(tmp / "leaninfer.json")
     (tmp / meta_name).write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from leaninfer.io.cachefs import atomic_torch_save, safe_torch_load
 from leaninfer.models.moe import MoE, Routing
 from leaninfer.models.transformer import Decoder
 from leaninfer.moe.lm import Bf16Head, kd_loss, lm_loss
@@ -107,7 +108,7 @@ def train_moe(
     base_lrs = [cfg.router_lr, cfg.lr]
     state = {"step": 0, "losses": [], "seconds": 0.0}
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
+        saved = safe_torch_load(ckpt)
         with torch.no_grad():
             for p, v in zip(routers + experts, saved["params"], strict=True):
                 p.copy_(v)
@@ -177,6 +178,4 @@ def _step(model: Decoder, head: Bf16Head, x: torch.Tensor, routing: Routing, opt
 
 
 def _save(path: Path, params, opt, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"params": [p.detach().clone() for p in params], "opt": opt.state_dict(), "state": state}, tmp)
-    tmp.replace(path)
+    atomic_torch_save({"params": [p.detach().clone() for p in params], "opt": opt.state_dict(), "state": state}, path)

@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from leaninfer.io.cachefs import atomic_torch_save, safe_torch_load
 from leaninfer.io.drafts import save_draft
 from leaninfer.models.draft_lm import init_draft_lm
 from leaninfer.models.eagle import EagleConfig, EagleDraft
 from leaninfer.models.heads import DraftHeads, HeadsConfig
-from leaninfer.train.distill import load_distill_set
+from leaninfer.train.distill import check_distill_set, load_distill_set
 from leaninfer.train.draft_losses import (
     Batch,
     chain_tau,
@@ -138,7 +139,7 @@ def _batches(examples: list[dict], batch_tokens: int, rng: random.Random) -> lis
 class DraftTrainer:
     def __init__(self, target, data_dir: Path, out_dir: Path, cfg: DraftTrainConfig) -> None:
         self.target, self.cfg, self.out_dir = target, cfg, Path(out_dir)
-        meta = json.loads((Path(data_dir) / "config.json").read_text())
+        meta = json.loads((check_distill_set(data_dir) / "config.json").read_text())
         stored = list(meta["feature_layers"])
         layers = list(cfg.feature_layers) if cfg.kind == "eagle" else [target.cfg.n_layers]
         missing = [n for n in layers if n not in stored]
@@ -204,7 +205,7 @@ class DraftTrainer:
     def resume(self) -> bool:
         if not self._ckpt().exists():
             return False
-        ck = torch.load(self._ckpt(), weights_only=False)
+        ck = safe_torch_load(self._ckpt())
         budget = ("minutes", "max_steps")  # a resumed run may get a different budget
         if {k: v for k, v in ck["config"].items() if k not in budget} != {
                 k: v for k, v in asdict(self.cfg).items() if k not in budget}:
@@ -216,10 +217,8 @@ class DraftTrainer:
 
     def save_checkpoint(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._ckpt().with_suffix(".tmp")
-        torch.save({"config": asdict(self.cfg), "module": self.module.state_dict(), "opt": self.opt.state_dict(),
-                    "state": self.state}, tmp)
-        tmp.replace(self._ckpt())
+        atomic_torch_save({"config": asdict(self.cfg), "module": self.module.state_dict(),
+                           "opt": self.opt.state_dict(), "state": self.state}, self._ckpt())
 
     def _lr(self) -> float:
         s, cfg = self.state["step"], self.cfg

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from leaninfer.io.cachefs import atomic_torch_save, atomic_write_text, safe_torch_load
 from leaninfer.paths import cache_dir
 from leaninfer.streaming import audio
 from leaninfer.streaming.features import LogMel
@@ -256,14 +257,19 @@ def _prior_corpus(cfg: DataConfig) -> dict | None:
         n = sum(old["streams"]) + sum(old["clips_per_class"])
         if n > best_n:
             best, best_n = conf.parent / "corpus.pt", n
-    return torch.load(best, weights_only=False) if best is not None else None
+    return _load_corpus(best) if best is not None else None
+
+
+def _load_corpus(path: Path) -> dict:
+    """A cached corpus: tensors, plain containers and our two data classes only (never code from the file)."""
+    return safe_torch_load(path, safe_globals=[ClipSet, StreamSet])
 
 
 def build_corpus(cfg: DataConfig, force: bool = False, progress: bool = True) -> dict:
     """Synthesise (or load from cache) {"clips": {split: ClipSet}, "streams": {split: StreamSet}, "config": ...}."""
     path = cache_dir("kws", f"corpus-{cfg.key()}") / "corpus.pt"
     if path.exists() and not force:
-        return torch.load(path, weights_only=False)
+        return _load_corpus(path)
     if not audio.espeak_available():
         raise RuntimeError("espeak-ng is needed to synthesise the KWS corpus: apt-get install espeak-ng")
     lm = LogMel(cfg.sample_rate)
@@ -277,8 +283,8 @@ def build_corpus(cfg: DataConfig, force: bool = False, progress: bool = True) ->
             old_clips, old_streams = (prior["clips"][split], prior["streams"][split]) if prior else (None, None)
             corpus["clips"][split] = _build_clips(cfg, split, n_clip, lm, bar, old_clips)
             corpus["streams"][split] = _build_streams(cfg, split, n_stream, lm, bar, old_streams)
-    torch.save(corpus, path)
-    (path.parent / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    atomic_torch_save(corpus, path)
+    atomic_write_text(path.parent / "config.json", json.dumps(asdict(cfg), indent=2))
     log.info("KWS corpus written to %s", path)
     return corpus
 

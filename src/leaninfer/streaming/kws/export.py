@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from leaninfer.io.cachefs import atomic_torch_save, atomic_write_text, safe_torch_load
 from leaninfer.streaming.kws.models import ModelConfig, build_model
 from leaninfer.streaming.layers import set_streaming
 from leaninfer.streaming.reparam import reparameterize
@@ -20,23 +21,36 @@ def save_model(model: nn.Module, folder: str | Path, deployed: bool = False) -> 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"model": json.loads(model.cfg.to_json()), "deployed": deployed}
-    (folder / "config.json").write_text(json.dumps(meta, indent=2))
-    torch.save({"state": model.state_dict(), "feat_norm": getattr(model, "feat_norm", None)}, folder / "weights.pt")
+    atomic_torch_save({"state": model.state_dict(), "feat_norm": getattr(model, "feat_norm", None)},
+                      folder / "weights.pt")
+    atomic_write_text(folder / "config.json", json.dumps(meta, indent=2))
     return folder
 
 
 def load_model(folder: str | Path) -> nn.Module:
+    """Rebuild a saved model from its config.json; weights.pt is read as tensors only (never code)."""
     folder = Path(folder)
+    check_checkpoint(folder)
     meta = json.loads((folder / "config.json").read_text())
     cfg = ModelConfig(**meta["model"])
     model = build_model(cfg).eval()
     if meta["deployed"]:
         model = reparameterize(model)
-    blob = torch.load(folder / "weights.pt", weights_only=False)
+    blob = safe_torch_load(folder / "weights.pt")
     model.load_state_dict(blob["state"])
     model.feat_norm = blob["feat_norm"]
     model.cfg = cfg
     return model.eval()
+
+
+def check_checkpoint(folder: str | Path) -> Path:
+    """A clear FileNotFoundError when `folder` is not a saved model (config.json + weights.pt), before any work."""
+    folder = Path(folder)
+    missing = [n for n in ("config.json", "weights.pt") if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no KWS model in {folder} (missing {', '.join(missing)}); train one with "
+                                "`leaninfer kws train`")
+    return folder
 
 
 class _Normalised(nn.Module):
