@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import sys
+import traceback
 
 import typer
 
@@ -19,6 +21,12 @@ app = typer.Typer(help="leaninfer: cheaper inference without losing quality.", n
 bench_app = typer.Typer(help="Benchmarks: write JSON, a markdown table and a PNG plot under reports/.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", help="Show INFO logs, and a traceback on errors "
+                                       "(accepted anywhere on the command line).")) -> None:
+    """leaninfer: cheaper inference without losing quality."""
 
 
 def _register_all() -> None:
@@ -32,9 +40,56 @@ def _register_all() -> None:
 _register_all()
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app()
+def error_message(exc: BaseException) -> tuple[str, int]:
+    """One line for a failed command and its exit status: 2 for bad input (a path, a name, an option), 130
+    for Ctrl-C, 1 otherwise. The traceback is for `--verbose` only."""
+    from leaninfer.io import ModelLoadError
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", 130
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"{exc.strerror or 'not found'}: {exc.filename}", 2
+    if isinstance(exc, (ModelLoadError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError,
+                        TypeError, KeyError)):
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        return text or type(exc).__name__, 2
+    if isinstance(exc, MemoryError):
+        return "out of memory", 1
+    return f"{type(exc).__name__}: {exc} (run with --verbose for the traceback)", 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `leaninfer` script. `--verbose` (anywhere) shows INFO logs and tracebacks; without it
+    an error is one line on stderr and a non-zero exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in args
+    args = [a for a in args if a != "--verbose"]
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:  # Typer ships its own copy of click
+        from typer._click.exceptions import ClickException
+    except ImportError:  # older Typer
+        from click import ClickException
+    try:
+        result = app(args, prog_name="leaninfer", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as e:
+        code = e.exit_code
+    except ClickException as e:  # usage errors: bad option values, missing arguments
+        message = e.format_message()
+        if message:  # (no_args_is_help has printed the help already)
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            print(f"error: {message}{hint}", file=sys.stderr)
+        code = e.exit_code
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place that turns
+        if verbose:                                                      # errors into messages
+            traceback.print_exception(e)
+        message, code = error_message(KeyboardInterrupt() if isinstance(e, typer.Abort) else e)
+        print(f"error: {message}", file=sys.stderr)
+    if argv is None:
+        sys.exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -10,8 +10,13 @@ asd_app = typer.Typer(help="Real-time active speaker detection (synthetic AV ben
                       no_args_is_help=True)
 
 
-def _opt_int(value: str) -> int | None:
-    return None if value.lower() in ("inf", "none", "") else int(value)
+def _opt_int(value: str, name: str = "value") -> int | None:
+    if value.lower() in ("inf", "none", ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be an integer or 'inf', got {value!r}", param_hint=f"--{name}") from None
 
 
 @asd_app.command("data")
@@ -53,7 +58,8 @@ def train_cmd(kind: str = typer.Option("band", help="band | gru_uni | gru_bi"),
               past: str = typer.Option("16", help="past frames P per layer (inf = unbounded)"),
               future: str = typer.Option("2", help="look-ahead frames F (inf = whole clip)"),
               ava_root: Path | None = typer.Option(None, help="AVA-ActiveSpeaker folder (see docs/asd.md)"),
-              train_scenes: int = 160, test_scenes: int = 80, front_steps: int = 400, epochs: int = 30,
+              train_scenes: int = typer.Option(160, min=1), test_scenes: int = typer.Option(80, min=1),
+              front_steps: int = typer.Option(400, min=1), epochs: int = typer.Option(30, min=1),
               crop: int = typer.Option(100, help="back-end training crop in frames (0 = whole tracks)"),
               seed: int = 0, out: Path | None = typer.Option(None, help="checkpoint path")):
     """Train front end + one back end; print test mAP and save a checkpoint."""
@@ -73,6 +79,12 @@ def train_cmd(kind: str = typer.Option("band", help="band | gru_uni | gru_bi"),
         train_front,
     )
 
+    try:  # every option is checked before any data is rendered or any front end trained
+        bcfg = BackendConfig(kind=kind, past=_opt_int(past, "past"), future=_opt_int(future, "future"))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if ava_root is not None and not Path(ava_root).is_dir():
+        raise typer.BadParameter(f"no such folder: {ava_root}", param_hint="--ava-root")
     torch.set_num_threads(1)
     if ava_root is not None:
         from leaninfer.streaming.asd.ava import load_ava
@@ -83,7 +95,6 @@ def train_cmd(kind: str = typer.Option("band", help="band | gru_uni | gru_bi"),
         test = synthetic(SynthConfig(split="test", n_scenes=test_scenes, seed=seed))
     tcfg = TrainConfig(front_steps=front_steps, backend_epochs=epochs, seed=seed, backend_crop=crop or None)
     front = train_front(train, tcfg, progress=True)
-    bcfg = BackendConfig(kind=kind, past=_opt_int(past), future=_opt_int(future))
     backend = train_backend(embed(front, train), torch.from_numpy(train.labels.astype(np.int64)), bcfg, tcfg)
     score = evaluate(backend_scores(backend, embed(front, test)), torch.from_numpy(test.labels.astype(np.int64)))
     out = out or cache_dir("asd", "models") / f"{bcfg.name()}.pt"
@@ -92,24 +103,37 @@ def train_cmd(kind: str = typer.Option("band", help="band | gru_uni | gru_bi"),
 
 
 @asd_app.command("stream")
-def stream_cmd(checkpoint: Path, frames: int = typer.Option(400, help="frames to stream"),
+def stream_cmd(checkpoint: Path = typer.Argument(..., exists=True, dir_okay=False, help="a saved ASD model"),
+               frames: int = typer.Option(400, min=1, help="frames to stream"),
                profile: bool = typer.Option(True, help="time each section")):
     """Stream random frames through a saved model: per-frame latency, state memory, section profile."""
     from leaninfer.streaming.asd.cost import measure_stream
     from leaninfer.streaming.asd.train import load_model
 
-    res = measure_stream(load_model(checkpoint), frames=frames, profile=profile)
+    try:
+        model = load_model(checkpoint)
+    except Exception as e:  # noqa: BLE001 - any failure to read it means "not a checkpoint"
+        raise typer.BadParameter(f"{checkpoint} is not an ASD checkpoint ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})", param_hint="CHECKPOINT") from None
+    res = measure_stream(model, frames=frames, profile=profile)
     for k, v in res.items():
         typer.echo(f"{k}: {v}")
 
 
 @asd_app.command("report")
-def report_cmd(json_path: Path = typer.Argument(Path("reports/asd.json"), help="results of `leaninfer bench asd`"),
-               seeds: list[Path] = typer.Option([], "--seed-run", help="JSON of a rerun with another seed")):
+def report_cmd(json_path: Path = typer.Argument(Path("reports/asd.json"), exists=True, dir_okay=False,
+                                                help="results of `leaninfer bench asd`"),
+               seeds: list[Path] = typer.Option([], "--seed-run", exists=True, dir_okay=False,
+                                                help="JSON of a rerun with another seed")):
     """Redraw reports/asd.md and reports/asd.png from a saved results JSON (plus seed reruns, if given)."""
     from leaninfer.streaming.asd.bench import reports_from_json
 
-    for kind, path in reports_from_json(json_path, seeds).items():
+    try:
+        paths = reports_from_json(json_path, seeds)
+    except (ValueError, KeyError, TypeError) as e:
+        raise typer.BadParameter(f"{json_path} (or a --seed-run file) is not a results JSON of `leaninfer bench asd` "
+                                 f"({type(e).__name__}: {e})") from None
+    for kind, path in paths.items():
         typer.echo(f"{kind}: {path}")
 
 

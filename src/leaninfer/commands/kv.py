@@ -65,7 +65,13 @@ def ask(
     from leaninfer.cache.session import ChatSession, SessionConfig
     from leaninfer.eval.locomo import load_locomo
 
-    conv = load_locomo(max_sessions=max_sessions)[conversation]
+    if json_path is not None and not Path(json_path).parent.is_dir():  # checked before hours of work
+        raise typer.BadParameter(f"no such folder: {Path(json_path).parent}", param_hint="--json")
+    convs = load_locomo(max_sessions=max_sessions)  # FileNotFoundError: one line from the CLI's entry point
+    if conversation >= len(convs):
+        raise typer.BadParameter(f"LoCoMo has {len(convs)} conversations (0..{len(convs) - 1}), got {conversation}",
+                                 param_hint="--conversation")
+    conv = convs[conversation]
     engine = leaninfer.load("default")
     session = ChatSession(engine, SessionConfig(ratio=ratio, n_episodes=episodes))
     session.load_history(conv)

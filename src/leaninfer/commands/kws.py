@@ -109,8 +109,8 @@ def reparam(
     from leaninfer.streaming.kws.train import normalise
     from leaninfer.streaming.reparam import reparameterize
 
+    multi = load_model(ckpt)  # a missing or bad checkpoint fails before the corpus is built
     test = _corpus(quick)["clips"]["test"]
-    multi = load_model(ckpt)
     fused = reparameterize(multi)
     x = normalise(multi, test.feats[:64])
     with torch.inference_mode():
@@ -137,8 +137,12 @@ def quantize(
     from leaninfer.streaming.kws.train import eval_clips
     from leaninfer.streaming.quant import quantize_model
 
+    if method not in ("uniform", "kmeans"):
+        raise typer.BadParameter(f"method must be uniform or kmeans, got {method!r}", param_hint="--method")
+    if not 1 <= bits <= 16:
+        raise typer.BadParameter(f"bits must be in 1..16, got {bits}", param_hint="--bits")
+    m = load_model(ckpt)  # a missing or bad checkpoint fails before the corpus is built
     test = _corpus(quick)["clips"]["test"]
-    m = load_model(ckpt)
     q = quantize_model(m, bits, method)
     q.feat_norm, q.cfg = m.feat_norm, m.cfg
     save_model(q, out, deployed=json.loads((Path(ckpt) / "config.json").read_text())["deployed"])
@@ -154,8 +158,8 @@ def evaluate(ckpt: Path, quick: bool = QUICK, json_path: Path = JSON) -> None:
     from leaninfer.streaming.kws.train import eval_clips
     from leaninfer.streaming.runtime import measure_stream
 
+    m = load_model(ckpt)  # a missing or bad checkpoint fails before the corpus is built
     test = _corpus(quick)["clips"]["test"]
-    m = load_model(ckpt)
     acc = eval_clips(m, test)
     _emit({"test_acc": acc, **measure_stream(m, test.feats[:6].reshape(-1, test.feats.shape[-1]))}, json_path)
 
