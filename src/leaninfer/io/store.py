@@ -198,9 +198,9 @@ def content_key(folder: Path) -> str:
 
 
 def quantized_path(folder: Path, precision: str) -> Path:
-    """Where the quantised state of a model folder is cached (keyed by content, precision and format)."""
-    folder = Path(folder)
-    name = f"{folder.name}-{content_key(folder)}-{precision}-v{QUANT_FORMAT}.safetensors"
+    """Where the quantised state of a model folder is cached: keyed by content, precision and format only, so a
+    copied, moved or touched model finds the same file."""
+    name = f"{content_key(Path(folder))}-{precision}-v{QUANT_FORMAT}.safetensors"
     return cache_dir("quantized", create=False) / name
 
 
