@@ -7,6 +7,7 @@ arguments, call the library and print; the work is done by importable functions.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import pkgutil
@@ -23,10 +24,14 @@ bench_app = typer.Typer(help="Benchmarks: write JSON, a markdown table and a PNG
 app.add_typer(bench_app, name="bench")
 
 
+_VERBOSE = {"on": False}
+
+
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", help="Show INFO logs, and a traceback on errors "
                                        "(accepted anywhere on the command line).")) -> None:
     """leaninfer: cheaper inference without losing quality."""
+    _VERBOSE["on"] = _VERBOSE["on"] or verbose
 
 
 def _register_all() -> None:
@@ -37,7 +42,40 @@ def _register_all() -> None:
             register(app, bench_app)
 
 
+def _guard(fn):
+    """Run a command; an error becomes one line on stderr and a non-zero exit (`--verbose`: the traceback too)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, _ClickException):
+            raise
+        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place that turns errors into lines
+            if _VERBOSE["on"]:
+                traceback.print_exception(e)
+            message, code = error_message(e)
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(code) from None
+
+    return run
+
+
+def _guard_all(group: typer.Typer) -> None:
+    for info in group.registered_commands:
+        if info.callback is not None and not hasattr(info.callback, "__wrapped__"):
+            info.callback = _guard(info.callback)
+    for sub in group.registered_groups:
+        _guard_all(sub.typer_instance)
+
+
+try:  # Typer ships its own copy of click
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # older Typer
+    from click import ClickException as _ClickException
+
 _register_all()
+_guard_all(app)
 
 
 def error_message(exc: BaseException) -> tuple[str, int]:
@@ -64,18 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in args
     args = [a for a in args if a != "--verbose"]
+    _VERBOSE["on"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:  # Typer ships its own copy of click
-        from typer._click.exceptions import ClickException
-    except ImportError:  # older Typer
-        from click import ClickException
     try:
         result = app(args, prog_name="leaninfer", standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except typer.Exit as e:
         code = e.exit_code
-    except ClickException as e:  # usage errors: bad option values, missing arguments
+    except _ClickException as e:  # usage errors: bad option values, missing arguments
         message = e.format_message()
         if message:  # (no_args_is_help has printed the help already)
             ctx = getattr(e, "ctx", None)

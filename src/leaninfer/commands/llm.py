@@ -38,17 +38,13 @@ def generate(
     import leaninfer
     from leaninfer.request import GenerateRequest, MethodSpec, RoutingSpec, SamplingConfig, kv_policy
 
-    try:
-        engine = leaninfer.load(model, precision=precision)
-        stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-        request = GenerateRequest(
-            max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p, seed),
-            method=MethodSpec.parse(method), routing=RoutingSpec(moe_k, roe, roe_tau, roe_clean_layers),
-            kv=kv_policy(kv), stop=stop or [])
-        out = engine.generate(prompt, request, stream=stream)
-    except (ValueError, leaninfer.ModelLoadError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from e
+    engine = leaninfer.load(model, precision=precision)  # errors: one line from leaninfer.cli
+    stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    request = GenerateRequest(
+        max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p, seed),
+        method=MethodSpec.parse(method), routing=RoutingSpec(moe_k, roe, roe_tau, roe_clean_layers),
+        kv=kv_policy(kv), stop=stop or [])
+    out = engine.generate(prompt, request, stream=stream)
     if json_out:
         print(json.dumps({"token_ids": out.token_ids, "text": out.text, "finish_reason": out.finish_reason,
                           **out.stats}))

@@ -120,8 +120,7 @@ def resolve(name_or_path: str | Path) -> Path:
         if path.suffix != ".gguf":
             raise ModelLoadError(f"{path} is not a .gguf file or a model folder")
         return convert_gguf(path)
-    if not (path / "leaninfer.json").is_file() and not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path} is not a model folder (no leaninfer.json or config.json)")
+    _read_config(path)  # a clear error for a folder without a (valid) config, before anything else
     if (path / "manifest.json").is_file() and (problem := check_manifest(path)) is not None:
         raise ModelLoadError(f"damaged model folder {path}: {problem}")
     return path
