@@ -110,7 +110,8 @@ def test_draft_data_defaults_are_the_set_draft_train_reads():
 
 def test_cli_errors_are_one_line_and_verbose_shows_the_traceback(capsys, tmp_path):
     for args in (["generate", "hi", "--model", str(tmp_path / "missing")], ["generate", "hi", "--model", ""],
-                 ["info", "--model", str(tmp_path)], ["generate"], ["no-such-command"]):
+                 ["info", "--model", str(tmp_path)], ["generate"], ["no-such-command"],
+                 ["draft", "train", "--target", str(tmp_path / "missing")]):
         code, _, err = run_cli(capsys, *args)
         assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, (args, err)
         assert "Traceback" not in err

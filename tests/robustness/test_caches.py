@@ -2,10 +2,9 @@
 XDG_CACHE_HOME, and lookups create nothing."""
 
 import logging
+import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from helpers import write_tiny_gguf
 from leaninfer.io.cachefs import check_manifest, file_lock
 from leaninfer.io.store import converted_dir, prune_cache, quantized_path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 PROMPT = [1, 5, 9, 11]
 
 
@@ -41,15 +39,34 @@ def gguf_file(tmp_path):
     return path
 
 
+def _convert(path, queue):
+    from leaninfer.io.store import convert_gguf
+
+    queue.put(str(convert_gguf(path, progress=False)))
+
+
+def _try_lock(path, queue):
+    with file_lock(path, blocking=False) as held:
+        queue.put(held)
+
+
+def _in_processes(target, *args, n: int = 1) -> list:
+    """Run target(*args, queue) in n forked processes at once (modules already imported: fast); their results."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, queue)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    out = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return out
+
+
 def test_two_processes_converting_at_once_share_one_entry(cache, gguf_file):
-    code = ("import sys; from leaninfer.io.store import convert_gguf; "
-            "print(convert_gguf(sys.argv[1], progress=False))")
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(gguf_file)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    assert outs[0][0] == outs[1][0]
+    outs = _in_processes(_convert, gguf_file, n=2)
+    assert outs[0] == outs[1]
     models = cache / "models"
     assert len(_entries(models)) == 1 and _leftovers(models) == []
     entry = _entries(models)[0]
@@ -58,12 +75,8 @@ def test_two_processes_converting_at_once_share_one_entry(cache, gguf_file):
 
 def test_file_lock_excludes_a_second_holder(tmp_path):
     with file_lock(tmp_path / "entry") as held:
-        assert held
-        code = ("import sys; from leaninfer.io.cachefs import file_lock\n"
-                "with file_lock(sys.argv[1], blocking=False) as h: print(h)")
-        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "entry")], capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=60)
-        assert out.stdout.strip() == "False", out.stderr
+        assert held and _in_processes(_try_lock, tmp_path / "entry") == [False]
+    assert _in_processes(_try_lock, tmp_path / "entry") == [True]
 
 
 @pytest.mark.parametrize("damage", ["same-size overwrite", "truncation"])

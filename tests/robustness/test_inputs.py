@@ -26,7 +26,7 @@ def test_bad_token_ids_are_refused(engine, prompt, error):
 
 def test_good_token_id_containers_are_accepted(engine):
     for ids in ([5, 6], (5, 6), np.array([5, 6]), torch.tensor([5, 6]), [np.int64(5), 6]):
-        assert engine.generate(ids, max_new_tokens=2, eos=False).stats["prompt_tokens"] == 2
+        assert engine.generate(ids, max_new_tokens=1).stats["prompt_tokens"] == 2
 
 
 @pytest.mark.parametrize("kw, error", [

@@ -115,14 +115,12 @@ def test_asd_checkpoint_refuses_payload(tmp_path, marker):
         load_model(tmp_path / "asd.pt")
 
 
-def test_moe_build_and_training_checkpoints_refuse_payload(tmp_path, marker, monkeypatch):
-    from helpers import tiny_model_dir
+def test_moe_build_and_training_checkpoints_refuse_payload(tiny_dir, marker, monkeypatch):
     from leaninfer.moe import build
     from leaninfer.moe.build import BuildConfig
     from leaninfer.paths import cache_dir
 
-    src = tmp_path / "dense"
-    tiny_model_dir(src, "gemma3")
+    src = tiny_dir
     texts = [" ".join(f"w{3 + (i * 7 + j * 3) % 90}" for j in range(140)) for i in range(8)]
     monkeypatch.setattr(build, "train_texts", lambda: texts)
     cfg = BuildConfig(name="payload-moe", source=str(src), n_experts=4, top_k=2, seq_len=16, collect_tokens=128,
