@@ -19,7 +19,7 @@ from collections.abc import Sequence
 # they exist so that a typo cannot size a cache of millions of slots.
 OPTION_BOUNDS: dict[str, tuple[int, int]] = {
     "k": (1, 64), "depth": (1, 32), "max_nodes": (1, 256), "branches": (1, 16), "max_ngram": (1, 16),
-    "top_k": (1, 64), "gamma": (1, 32), "kappa": (1, 16), "exit_layer": (0, 4096),
+    "top_k": (1, 64), "gamma": (1, 32), "kappa": (1, 4096), "exit_layer": (0, 4096),
 }
 # Extra KV slots a method reserves beyond prompt + max_new_tokens, as a function of its options.
 _EXTRA_SLOTS = {
@@ -29,7 +29,7 @@ _EXTRA_SLOTS = {
     "eagle": lambda o: o.get("max_nodes", 4) + 8,
     "medusa": lambda o: o.get("max_nodes", 4) + 8,
     "hydra": lambda o: o.get("max_nodes", 4) + 8,
-    "mirror": lambda o: o.get("gamma", 4) * o.get("kappa", 2) + o.get("gamma", 4) + 8,
+    "mirror": lambda o: 2 * o.get("gamma", 4) + 8,
 }
 MEMORY_FRACTION = 0.5  # a request may plan to use at most this share of the machine's physical memory
 MAX_ROSTER = 64
@@ -73,6 +73,8 @@ def validate_prompt_ids(ids, vocab_size: int) -> list[int]:
         raise ValueError("empty prompt")
     out = []
     for t in ids:
+        if getattr(t, "ndim", None) == 0 and hasattr(t, "item"):  # a 0-d tensor / array element
+            t = t.item()
         if isinstance(t, bool) or not isinstance(t, numbers.Integral):
             raise TypeError(f"token ids must be ints, got {type(t).__name__} {t!r}")
         out.append(int(t))
@@ -182,7 +184,13 @@ def validate_method_options(method: str, options: dict, cfg, prompt_len: int, ma
     if roe is not None:  # a roster size, or a RoEConfig
         batch = check_int("roe roster size n", roe if isinstance(roe, numbers.Integral) else getattr(roe, "n", None),
                           1, MAX_ROSTER)
-    check_memory(kv_cache_bytes(cfg, slots, batch), f"a KV cache of {slots} slots x {batch} row(s)")
+    need = kv_cache_bytes(cfg, slots, batch)
+    if method == "mirror":  # kappa * (gamma + 1) batched branch rollouts of gamma + 1 tokens each
+        if options.get("kappa", 2) > cfg.vocab_size:
+            raise ValueError(f"mirror option kappa ({options['kappa']}) exceeds the vocabulary ({cfg.vocab_size})")
+        gamma = options.get("gamma", 4)
+        need += kv_cache_bytes(cfg, gamma + 1, options.get("kappa", 2) * (gamma + 1))
+    check_memory(need, f"a KV cache of {slots} slots x {batch} row(s) (with the method's extra buffers)")
 
 
 def validate_load_args(name_or_path, precision: str, device, precisions: Sequence[str]) -> str:

@@ -52,4 +52,4 @@ def test_cli_registered_and_rejects_bad_method():
     assert runner.invoke(app, ["bench", "kv", "--help"]).exit_code == 0
     assert runner.invoke(app, ["kv", "ask", "--help"]).exit_code == 0
     res = runner.invoke(app, ["bench", "kv", "--methods", "nope", "--json", "/tmp/never.json"])
-    assert res.exit_code != 0 and "unknown methods" in str(res.exception)
+    assert res.exit_code != 0 and "unknown methods" in res.output + str(res.exception)

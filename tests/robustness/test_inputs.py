@@ -57,7 +57,7 @@ def test_top_p_zero_keeps_only_the_most_likely_token(engine):
 @pytest.mark.parametrize("method, opts", [
     ("ngram", dict(k=10**6)), ("ngram", dict(k=0)), ("ngram", dict(k=True)), ("ngram_tree", dict(depth=10**5)),
     ("eagle", dict(max_nodes=10**6)), ("medusa", dict(depth=1000)), ("mirror", dict(gamma=10**4)),
-    ("mirror", dict(kappa=500)), ("sd", dict(k=2.0)),
+    ("mirror", dict(kappa=5000)), ("mirror", dict(kappa=97)), ("sd", dict(k=2.0)),
 ])
 def test_method_options_that_size_memory_are_bounded(engine, method, opts, monkeypatch):
     def no_cache(*a, **k):

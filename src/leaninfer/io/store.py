@@ -76,10 +76,11 @@ def convert_gguf(gguf_path: Path, progress: bool = True) -> Path:
     """Dequantise a GGUF file into the cache once; later calls return the cached folder (verified)."""
     from safetensors.torch import save_file
 
-    from leaninfer.io.gguf_reader import open_gguf, read_gguf
+    from leaninfer.io.gguf_reader import read_gguf
 
     gguf_path = Path(gguf_path)
-    open_gguf(gguf_path)  # clear errors for a missing, non-GGUF or truncated file before anything is written
+    if not gguf_path.is_file():
+        raise ModelLoadError(f"no such GGUF file: {gguf_path}")
     out = converted_dir(gguf_path)
     if _complete(out) is None:
         return out
@@ -90,7 +91,7 @@ def convert_gguf(gguf_path: Path, progress: bool = True) -> Path:
         if problem != "missing":
             log.warning("rebuilding the damaged cache entry %s (%s)", out, problem)
         log.info("converting %s into %s (once)", gguf_path, out)
-        cfg, hf = read_gguf(gguf_path, progress=progress)
+        cfg, hf = read_gguf(gguf_path, progress=progress)  # clear errors for a non-GGUF or truncated file
         state = {k: v.contiguous() for k, v in map_hf_tensors(cfg, hf).items()}
         with writing(out, folder=True) as tmp:
             try:
