@@ -223,8 +223,8 @@ def prune_stale_tmps(folder: Path, max_age_s: float = 3600.0) -> int:
         legacy = p.name.endswith(".tmp") and p.is_dir()
         if not (m or legacy) or p.name == ".locks":
             continue
-        try:
-            if m and now - p.stat().st_mtime < max_age_s:
+        try:  # young leftovers may belong to a writer that takes no lock (older leaninfer versions)
+            if now - p.stat().st_mtime < max_age_s:
                 continue
         except FileNotFoundError:
             continue
