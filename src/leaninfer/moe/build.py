@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from leaninfer.io.cachefs import atomic_torch_save, check_name, file_lock, safe_torch_load, writing
+from leaninfer.io.cachefs import atomic_torch_save, check_name, file_lock, inside, safe_torch_load, writing
 from leaninfer.io.store import read_model_dir, resolve
 from leaninfer.io.tokenizer import Tokenizer
 from leaninfer.models.build import build_decoder
@@ -73,7 +73,8 @@ class BuildConfig:
 
 def model_dir(name: str, create: bool = True) -> Path:
     """The folder of a built MoE in the user cache; `name` must be a plain name (no separators, no '..')."""
-    return cache_dir("moe", create=create) / check_name(name, "MoE name")
+    root = cache_dir("moe", create=create)
+    return inside(root, root / check_name(name, "MoE name"))
 
 
 def built_model(name_or_path: str) -> Path | None:
