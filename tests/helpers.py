@@ -68,3 +68,16 @@ def tiny_model_dir(folder, arch: str = "gemma3", seed: int = 0, **overrides):
     hf.save_pretrained(folder)
     write_word_tokenizer(folder)
     return hf
+
+
+def block_and_step_logits(model, toks, prefix: int = 6):
+    """Logits of toks[:, prefix:] run as one block after a prefix, and as one-token steps: (block, steps)."""
+    n = toks.shape[1]
+    with torch.inference_mode():
+        cache = model.new_cache(1, n + 8)
+        model(toks[:, :prefix], cache=cache)
+        block = model(toks[:, prefix:], cache=cache).logits  # n - prefix tokens at once
+        cache = model.new_cache(1, n + 8)
+        model(toks[:, :prefix], cache=cache)
+        steps = torch.cat([model(toks[:, i : i + 1], cache=cache).logits for i in range(prefix, n)], 1)
+    return block, steps

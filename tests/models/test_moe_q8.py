@@ -52,6 +52,7 @@ def _tiny(tmp_path, arch):
 
 @pytest.mark.parametrize("arch", MOE_ARCHES)
 def test_w8a8_moe_packs_experts_and_block_logits_equal_one_token_steps(tmp_path, arch):
+    from helpers import block_and_step_logits
     from leaninfer.models.moe import MoE
     from leaninfer.models.moe_q8 import PackedExperts
 
@@ -60,13 +61,7 @@ def test_w8a8_moe_packs_experts_and_block_logits_equal_one_token_steps(tmp_path,
     moes = [m for m in model.modules() if isinstance(m, MoE)]
     assert moes and all(isinstance(m.packed, PackedExperts) and not hasattr(m, "gate_up") for m in moes)
     toks = torch.randint(3, 96, (1, 30), generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        cache = model.new_cache(1, 64)
-        model(toks[:, :6], cache=cache)
-        block = model(toks[:, 6:], cache=cache).logits  # 24 tokens at once
-        cache = model.new_cache(1, 64)
-        model(toks[:, :6], cache=cache)
-        steps = torch.cat([model(toks[:, i : i + 1], cache=cache).logits for i in range(6, 30)], 1)
+    block, steps = block_and_step_logits(model, toks)  # 24 tokens at once vs one at a time
     assert torch.equal(block, steps)
     fp32 = __import__("leaninfer").load(tmp_path, precision="fp32").model
     with torch.inference_mode():

@@ -66,10 +66,21 @@ class PackedExperts(nn.Module):
         layer.down_w, layer.down_s = torch.stack(dw), torch.stack(ds)
         return layer
 
+    def _experts(self) -> list[tuple[torch.Tensor, ...]]:
+        """Per expert (gate_up_w, gate_up_s, down_w, down_s) views, made once per set of buffers (indexing the
+        stacks on every call costs more than a small expert's matmul)."""
+        key = tuple(b.data_ptr() for b in (self.gate_up_w, self.gate_up_s, self.down_w, self.down_s))
+        if getattr(self, "_views_key", None) != key:
+            self._views = list(zip(*(b.unbind(0) for b in (self.gate_up_w, self.gate_up_s, self.down_w,
+                                                             self.down_s))))
+            self._views_key = key
+        return self._views
+
     def expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
         """Expert e on the rows x (m, Dk) fp32 -> (m, D) fp32 (row-invariant)."""
-        g, u = kernels.q8_matmul(x, self.gate_up_w[e], self.gate_up_s[e]).chunk(2, dim=-1)  # (m, Hp) each
-        y = kernels.q8_matmul(self.act(g) * u, self.down_w[e], self.down_s[e])  # (m, Dn)
+        gw, gs, dw, ds = self._experts()[e]
+        h = kernels.q8_matmul(x, gw, gs)  # (m, 2Hp)
+        y = kernels.q8_matmul(self.act(h[:, : self.hp]) * h[:, self.hp :], dw, ds)  # (m, Dn)
         return y if y.shape[1] == self.dim else y[:, : self.dim]
 
     def forward(self, flat: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
