@@ -89,3 +89,26 @@ def test_w8a8_moe_cached_state_loads_back(tmp_path):
     again = leaninfer.load(tmp_path, precision="w8a8")
     assert all(b.data_ptr() % 64 == 0 for b in again.model.buffers() if b.dtype == torch.int8)
     assert again.generate([1, 5, 6, 7], max_new_tokens=12, eos=False).token_ids == first.token_ids
+
+
+def test_bench_moefied_structure_bytes_and_report(tmp_path):
+    """bench moe-decode's pieces on a tiny dense model: the MoE structure, bytes per token, the report files."""
+    from helpers import tiny_model_dir
+    from leaninfer.bench.moe_decode import moefied_structure, weight_bytes_per_token, write_moe_decode_report
+    from leaninfer.io.store import read_model_dir
+    from leaninfer.models.quant import quantize_model
+
+    tiny_model_dir(tmp_path / "m", "gemma3", intermediate_size=64)
+    cfg, state, _ = read_model_dir(tmp_path / "m")
+    moe = moefied_structure(cfg, state, n_experts=4)
+    assert moe.cfg.n_experts == 4 and moe.layers[0].ffn.gate_up.shape == (4, 32, cfg.dim)
+    quantize_model(moe, "w8a8")
+    b1, b2, b4 = (weight_bytes_per_token(moe, k) for k in (1, 2, 4))
+    assert 0 < b1 < b2 and b4 - b2 == 2 * (b2 - b1)  # each expert adds the same bytes
+    row = {"ms_per_token": 2.0, "ms_runs": [2.0], "weight_bytes_per_token": b2, "weight_gb_per_s": 1.0, "vs_dense": 1}
+    result = {"config": {"model": "m", "precision": "w8a8", "n_experts": 4, "max_new_tokens": 8, "repeats": 1,
+                         "ks": [2], "note": ""}, "machine": {"cores": 2}, "loadavg_before": [1.0],
+              "loadavg_after": [1.0], "threads_used": [1], "settings": {"dense": row, "moe_k2": row},
+              "headline": {"dense_ms": 2.0, "moe_k4_ms": None, "moe_k4_faster_than_dense": False}}
+    paths = write_moe_decode_report(result, tmp_path / "r" / "moe_decode.json")
+    assert all(p.exists() for p in paths) and "moe_k2" in paths[1].read_text()

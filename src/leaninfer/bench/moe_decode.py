@@ -35,7 +35,7 @@ class MoEDecodeBenchConfig:
     max_new_tokens: int = 64
     repeats: int = 5
     gathered_baseline: bool = True  # also time k=4 with float experts gathered per token (the path before w8a8)
-    threads: int | None = None  # torch threads (None: the library default)
+    threads: int | None = None  # torch threads (None: the engine's run-time policy, 'auto')
     seed: int = 0
     note: str = ""
 
@@ -101,14 +101,15 @@ def _engines(cfg: MoEDecodeBenchConfig) -> dict:
     from leaninfer.models.quant import quantize_model
 
     folder = resolve(cfg.model)
-    dense = load(folder, precision=cfg.precision)
+    threads = cfg.threads or "auto"
+    dense = load(folder, precision=cfg.precision, threads=threads)
     dense_cfg, state, tok = read_model_dir(folder)
     engines = {"dense": (dense, {}, weight_bytes_per_token(dense.model))}
 
     def moe_engine(state: dict):
         model = moefied_structure(dense_cfg, state, cfg.n_experts, cfg.seed)
         stacks = {n: (m.gate_up.data, m.down.data) for n, m in model.named_modules() if isinstance(m, MoE)}
-        return Engine(quantize_model(model, cfg.precision), tok, cfg.precision, str(folder)), stacks
+        return Engine(quantize_model(model, cfg.precision), tok, cfg.precision, str(folder), threads), stacks
 
     moe, stacks = moe_engine(state)
     for k in sorted(cfg.ks):
@@ -123,18 +124,18 @@ def _engines(cfg: MoEDecodeBenchConfig) -> dict:
 
 
 def run_moe_decode_bench(cfg: MoEDecodeBenchConfig) -> dict:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     load_before = os.getloadavg()
     engines = _engines(cfg)
     for eng, kw, _ in engines.values():  # warm-up (kernel build, allocator)
         eng.generate(PROMPTS[0], max_new_tokens=4, eos=False, **kw)
     times: dict[str, list[float]] = {name: [] for name in engines}
+    threads_used: set = set()
     for _ in range(cfg.repeats):
         for p in PROMPTS:
             for name, (eng, kw, _) in engines.items():
                 r = eng.generate(p, max_new_tokens=cfg.max_new_tokens, eos=False, **kw)
                 times[name].append(r.stats["tpot_s"] * 1000)
+                threads_used.add(r.stats.get("threads"))
     dense_ms = median(times["dense"])
     rows = {}
     for name, (_, _, nbytes) in engines.items():
@@ -143,7 +144,7 @@ def run_moe_decode_bench(cfg: MoEDecodeBenchConfig) -> dict:
                       "weight_gb_per_s": nbytes / ms / 1e6, "vs_dense": ms / dense_ms}
     k4 = rows.get("moe_k4", {}).get("ms_per_token")
     return {"config": asdict(cfg), "machine": machine_info(), "loadavg_before": list(load_before),
-            "loadavg_after": list(os.getloadavg()), "settings": rows,
+            "loadavg_after": list(os.getloadavg()), "threads_used": sorted(threads_used, key=str), "settings": rows,
             "headline": {"dense_ms": dense_ms, "moe_k4_ms": k4,
                          "moe_k4_faster_than_dense": k4 is not None and k4 < dense_ms}}
 
@@ -170,7 +171,7 @@ def write_moe_decode_report(result: dict, json_path: Path) -> tuple[Path, Path, 
              f"only: speed does not depend on the weights); {c['max_new_tokens']} new tokens per prompt, "
              f"{len(PROMPTS)} prompts x {c['repeats']} repeats, settings interleaved. Load average before/after: "
              f"{result['loadavg_before'][0]:.1f} / {result['loadavg_after'][0]:.1f} "
-             f"({result['machine']['cores']} cores, {result['machine']['threads']} threads)."
+             f"({result['machine']['cores']} cores, threads used: {result.get('threads_used')})."
              + (f" Note: {c['note']}" if c.get("note") else "")),
         ("Results", table + "\n\n" + verdict),
         ("Reproduce", f"`{reproduce_command(cfg)}`"),
