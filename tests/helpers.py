@@ -22,13 +22,13 @@ def hf_config(arch: str, **overrides):
     if arch == "mistral":
         return tf.MistralConfig(**TINY, sliding_window=6)
     if arch == "olmoe":
-        return tf.OlmoeConfig(**{**TINY, **overrides}, num_experts=6, num_experts_per_tok=2)
+        return tf.OlmoeConfig(**{**TINY, "num_experts": 6, "num_experts_per_tok": 2, **overrides})
     if arch == "qwen2_moe":
-        return tf.Qwen2MoeConfig(**{**TINY, **overrides}, num_experts=6, num_experts_per_tok=2,
-                                 moe_intermediate_size=24, shared_expert_intermediate_size=40)
+        return tf.Qwen2MoeConfig(**{**TINY, "num_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 24,
+                                    "shared_expert_intermediate_size": 40, **overrides})
     if arch == "mixtral":
-        return tf.MixtralConfig(**{**TINY, **overrides}, num_local_experts=4, num_experts_per_tok=2,
-                                sliding_window=None)
+        return tf.MixtralConfig(**{**TINY, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None,
+                                   **overrides})
     raise ValueError(arch)
 
 

@@ -154,16 +154,29 @@ def reproduce_command(cfg: MoEDecodeBenchConfig) -> str:
             f"--max-new-tokens {cfg.max_new_tokens}" + (f" --threads {cfg.threads}" if cfg.threads else ""))
 
 
+def paired_ratios(settings: dict) -> dict[str, float]:
+    """Per setting, the median over runs of (its ms / the dense ms of the same prompt and repeat): runs are
+    interleaved, so this cancels load that changes between repeats better than a ratio of medians."""
+    dense = settings["dense"]["ms_runs"]
+    return {name: median([a / b for a, b in zip(r["ms_runs"], dense)]) for name, r in settings.items()}
+
+
 def write_moe_decode_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
     json_path = Path(json_path)
-    write_json(json_path, result)
     c, s = result["config"], result["settings"]
-    rows = [[name, r["ms_per_token"], r["vs_dense"], r["weight_bytes_per_token"] / 1e6, r["weight_gb_per_s"],
-             len(r["ms_runs"])] for name, r in s.items()]
-    table = markdown_table(["setting", "ms/token (median)", "x dense", "weight MB/token", "GB/s", "runs"], rows)
+    for name, ratio in paired_ratios(s).items():
+        s[name]["vs_dense_paired"] = ratio
+    result["headline"]["moe_k4_vs_dense_paired"] = s.get("moe_k4", {}).get("vs_dense_paired")
+    write_json(json_path, result)
+    rows = [[name, r["ms_per_token"], r["vs_dense"], r["vs_dense_paired"], r["weight_bytes_per_token"] / 1e6,
+             r["weight_bytes_per_token"] / s["dense"]["weight_bytes_per_token"], len(r["ms_runs"])]
+            for name, r in s.items()]
+    table = markdown_table(["setting", "ms/token (median)", "x dense (medians)", "x dense (paired runs)",
+                            "weight MB/token", "x dense bytes", "runs"], rows)
     h = result["headline"]
-    verdict = (f"MoE k=4 of {c['n_experts']}: {h['moe_k4_ms']:.1f} ms/token vs dense {h['dense_ms']:.1f}: "
-               f"{'faster' if h['moe_k4_faster_than_dense'] else 'NOT faster'} than the dense model."
+    verdict = (f"MoE k=4 of {c['n_experts']}: {h['moe_k4_ms']:.1f} ms/token vs dense {h['dense_ms']:.1f} (medians): "
+               f"{'faster' if h['moe_k4_faster_than_dense'] else 'NOT faster'} than the dense model; median of the "
+               f"paired per-run ratios {h['moe_k4_vs_dense_paired']:.2f}x."
                if h["moe_k4_ms"] else "")
     cfg = MoEDecodeBenchConfig(**{k: v for k, v in c.items() if k in MoEDecodeBenchConfig.__dataclass_fields__})
     md = write_markdown(json_path.with_suffix(".md"), "MoE decode: dense vs MoE at k active experts", [
@@ -171,7 +184,8 @@ def write_moe_decode_report(result: dict, json_path: Path) -> tuple[Path, Path, 
              f"only: speed does not depend on the weights); {c['max_new_tokens']} new tokens per prompt, "
              f"{len(PROMPTS)} prompts x {c['repeats']} repeats, settings interleaved. Load average before/after: "
              f"{result['loadavg_before'][0]:.1f} / {result['loadavg_after'][0]:.1f} "
-             f"({result['machine']['cores']} cores, threads used: {result.get('threads_used')})."
+             f"({result['machine']['cores']} cores, threads: {result.get('threads_used') or c.get('threads') or 'auto'}"
+             ")."
              + (f" Note: {c['note']}" if c.get("note") else "")),
         ("Results", table + "\n\n" + verdict),
         ("Reproduce", f"`{reproduce_command(cfg)}`"),
