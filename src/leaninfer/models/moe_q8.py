@@ -78,7 +78,9 @@ class PackedExperts(nn.Module):
 
     def expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
         """Expert e on the rows x (m, Dk) fp32 -> (m, D) fp32 (row-invariant)."""
-        gw, gs, dw, ds = self._experts()[e]
+        return self._expert(x, *self._experts()[e])
+
+    def _expert(self, x: torch.Tensor, gw, gs, dw, ds) -> torch.Tensor:
         h = kernels.q8_matmul(x, gw, gs)  # (m, 2Hp)
         y = kernels.q8_matmul(self.act(h[:, : self.hp]) * h[:, self.hp :], dw, ds)  # (m, Dn)
         return y if y.shape[1] == self.dim else y[:, : self.dim]
@@ -90,8 +92,9 @@ class PackedExperts(nn.Module):
         x = flat.float()
         if self.dk != self.dim:
             x = F.pad(x, (0, self.dk - self.dim))
+        views = self._experts()
         if N == 1:  # decode: the k chosen experts on the one row
-            ys = [self.expert(x, e) for e in idx[0].tolist()]  # k x (1, D)
+            y_all = torch.cat([self._expert(x, *views[e]) for e in idx[0].tolist()])  # (k, D)
         else:  # a block: each chosen expert once over the rows routed to it, results put back per (token, slot)
             flat_idx = idx.reshape(-1)  # (N*k,), token-major
             order = torch.argsort(flat_idx, stable=True)
@@ -101,13 +104,12 @@ class PackedExperts(nn.Module):
             for e, c in enumerate(counts):
                 if c:
                     pos = order[start : start + c]  # (c,) positions token * k + slot
-                    y_all[pos] = self.expert(x[pos // k], e)
+                    y_all[pos] = self._expert(x[pos // k], *views[e])
                     start += c
-            ys = list(y_all.view(N, k, self.dim).unbind(1))  # k x (N, D)
-        w = weights.float()
-        out = ys[0] * w[:, 0:1]
-        for j in range(1, k):  # fixed order: the token's own slots, plain fp32 multiply then add
-            out = out + ys[j] * w[:, j : j + 1]
+        terms = y_all.view(N, k, self.dim) * weights.float()[:, :, None]  # (N, k, D): one fp32 multiply each
+        out = terms[:, 0]
+        for j in range(1, k):  # fixed order: the token's own slots, plain adds (no fused multiply-add)
+            out = out + terms[:, j]
         return out.to(flat.dtype)
 
     def extra_repr(self) -> str:
