@@ -24,12 +24,13 @@ def hf_config(arch: str, **overrides):
     if arch == "mistral":
         return tf.MistralConfig(**TINY, sliding_window=6)
     if arch == "olmoe":
-        return tf.OlmoeConfig(**TINY, num_experts=6, num_experts_per_tok=2)
+        return tf.OlmoeConfig(**{**TINY, "num_experts": 6, "num_experts_per_tok": 2, **overrides})
     if arch == "qwen2_moe":
-        return tf.Qwen2MoeConfig(**TINY, num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24,
-                                 shared_expert_intermediate_size=40)
+        return tf.Qwen2MoeConfig(**{**TINY, "num_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 24,
+                                    "shared_expert_intermediate_size": 40, **overrides})
     if arch == "mixtral":
-        return tf.MixtralConfig(**TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=None)
+        return tf.MixtralConfig(**{**TINY, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None,
+                                   **overrides})
     raise ValueError(arch)
 
 
@@ -142,3 +143,16 @@ def write_tiny_gguf(path, arch: str, quantize_embedding: bool = False):
     w.write_tensors_to_file()
     w.close()
     return hf
+
+
+def block_and_step_logits(model, toks, prefix: int = 6):
+    """Logits of toks[:, prefix:] run as one block after a prefix, and as one-token steps: (block, steps)."""
+    n = toks.shape[1]
+    with torch.inference_mode():
+        cache = model.new_cache(1, n + 8)
+        model(toks[:, :prefix], cache=cache)
+        block = model(toks[:, prefix:], cache=cache).logits  # n - prefix tokens at once
+        cache = model.new_cache(1, n + 8)
+        model(toks[:, :prefix], cache=cache)
+        steps = torch.cat([model(toks[:, i : i + 1], cache=cache).logits for i in range(prefix, n)], 1)
+    return block, steps

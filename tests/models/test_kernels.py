@@ -124,16 +124,10 @@ def test_w8a8_speculation_is_exact_beyond_16_tokens(tmp_path, method, opts):
 
 def test_w8a8_logits_of_a_block_equal_one_token_steps(tmp_path):
     import leaninfer
-    from helpers import tiny_model_dir
+    from helpers import block_and_step_logits, tiny_model_dir
 
     tiny_model_dir(tmp_path, "gemma3", head_dim=32)
     model = leaninfer.load(tmp_path, precision="w8a8").model
     toks = torch.randint(3, 96, (1, 30))
-    with torch.inference_mode():
-        cache = model.new_cache(1, 64)
-        model(toks[:, :6], cache=cache)
-        block = model(toks[:, 6:], cache=cache).logits  # 24 tokens at once
-        cache = model.new_cache(1, 64)
-        model(toks[:, :6], cache=cache)
-        steps = torch.cat([model(toks[:, i : i + 1], cache=cache).logits for i in range(6, 30)], 1)
+    block, steps = block_and_step_logits(model, toks)  # 24 tokens at once vs one at a time
     assert torch.equal(block, steps)

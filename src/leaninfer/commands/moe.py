@@ -138,6 +138,32 @@ def bench_moe(
     print(paths[1].read_text())
 
 
+def bench_moe_decode(
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")] = Path(
+        "reports/moe_decode.json"),
+    precision: Annotated[str, typer.Option(help="Precision of both models.")] = "w8a8",
+    k: Annotated[Optional[list[int]], typer.Option("--k", help="Active experts (repeatable; default 2, 4, 8).")
+                 ] = None,
+    experts: Annotated[int, typer.Option(min=2, help="Experts per layer.")] = 16,
+    max_new_tokens: Annotated[Optional[int], typer.Option(min=2)] = None,
+    repeats: Annotated[Optional[int], typer.Option(min=1)] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads (default: the library's).")] = None,
+    quick: Annotated[bool, typer.Option(help="16 tokens, 2 repeats: a smoke run.")] = False,
+    note: Annotated[str, typer.Option(help="Free text for the report (e.g. what else ran meanwhile).")] = "",
+) -> None:
+    """Decode ms/token: dense vs the MoE made from it at k of E experts (interleaved runs, medians)."""
+    from leaninfer.bench.moe_decode import MoEDecodeBenchConfig, run_moe_decode_bench, write_moe_decode_report
+
+    logging.basicConfig(level=logging.INFO)
+    opts = {key: v for key, v in (("ks", k), ("max_new_tokens", max_new_tokens), ("repeats", repeats))
+            if v is not None}
+    base = MoEDecodeBenchConfig.quick if quick else MoEDecodeBenchConfig
+    cfg = base(precision=precision, n_experts=experts, threads=threads, note=note, **opts)
+    paths = write_moe_decode_report(run_moe_decode_bench(cfg), json_path)
+    print(paths[1].read_text())
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.add_typer(moe_app, name="moe")
     bench.command("moe")(bench_moe)
+    bench.command("moe-decode")(bench_moe_decode)

@@ -82,7 +82,7 @@ class MoE(nn.Module):
         renorm = self.cfg.norm_topk_prob if routing.renorm is None else routing.renorm
         noise = None if routing.noise is None else routing.noise.reshape(-1, self.cfg.n_experts)
         weights, idx = route(self.router(flat), k, renorm, noise, routing.keep, routing.eps)  # (N, k)
-        out = self._experts(flat, weights.to(flat.dtype), idx)
+        out = (self.packed if hasattr(self, "packed") else self._experts)(flat, weights.to(flat.dtype), idx)
         if self.shared is not None:
             out = out + torch.sigmoid(self.shared_gate(flat)) * self.shared(flat)
         return out.view(B, T, D)

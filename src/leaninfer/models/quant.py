@@ -151,13 +151,18 @@ def quantize_model(model: nn.Module, precision: str, group: int = 32, empty: boo
     """Swap every `nn.Linear` for a `QuantLinear`, and give a tied head its own quantised copy (in place).
 
     With `empty`, layers get empty buffers of the right shapes (to load cached quantised weights into).
-    MoE expert stacks stay in the model's dtype (they are gathered per token, not plain linears).
+    MoE expert stacks stay in the model's dtype (they are gathered per token, not plain linears), except at w8a8,
+    where they are packed per expert (models/moe_q8.py).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return model
     _fuse_projections(model)
+    if precision == "w8a8":  # MoE expert stacks: packed per expert, dispatched per chosen expert (models/moe_q8.py)
+        from leaninfer.models.moe_q8 import pack_moe_experts
+
+        pack_moe_experts(model, empty)
     from leaninfer.models.attention import Attention
 
     for module in model.modules():  # low-precision activations amplify last-bit attention differences
@@ -179,8 +184,10 @@ def align_buffers(model: nn.Module, alignment: int = 64) -> nn.Module:
 
     Tensors loaded from a safetensors file can start at any byte offset; the packed int8/int4 CPU kernels
     read with aligned vector loads and crash on such weights (seen with a built MoE's cached int8 state)."""
+    from leaninfer.models.moe_q8 import PackedExperts
+
     for module in model.modules():
-        if isinstance(module, QuantLinear):
+        if isinstance(module, (QuantLinear, PackedExperts)):
             for name, buf in list(module.named_buffers(recurse=False)):
                 if buf.data_ptr() % alignment:
                     setattr(module, name, buf.clone())
