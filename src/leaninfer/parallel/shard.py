@@ -91,9 +91,10 @@ def shard_spec(name: str, shape: tuple[int, ...], cfg: ModelConfig, lay: RankLay
     leaf = re.sub(r"^layers\.\d+\.", "", name)
     if name in ("embed.weight", "lm_head.weight"):
         return 0, [(lay.vocab0, lay.vocab1)]
-    if re.fullmatch(r"attn\.q_proj\.(weight|bias)", leaf) or (leaf == "attn.q_norm.weight" and cfg.qk_norm == "full"):
+    full = cfg.qk_norm == "full"  # QK-norm over all heads: its weight is split like the heads
+    if re.fullmatch(r"attn\.q_proj\.(weight|bias)", leaf) or (leaf == "attn.q_norm.weight" and full):
         return 0, q
-    if re.fullmatch(r"attn\.[kv]_proj\.(weight|bias)", leaf) or (leaf == "attn.k_norm.weight" and cfg.qk_norm == "full"):
+    if re.fullmatch(r"attn\.[kv]_proj\.(weight|bias)", leaf) or (leaf == "attn.k_norm.weight" and full):
         return 0, kv
     if leaf == "attn.o_proj.weight":
         return 1, q
