@@ -35,11 +35,14 @@ def _threads(world: int, threads: int | None) -> int:
 def _rank_main(rank: int, fn: Callable, world: int, port: int, timeout_s: float, threads: int, out: str,
                args: tuple) -> None:
     torch.set_num_threads(threads)
-    comm = init_gloo(rank, world, "127.0.0.1", port, timeout_s)
     try:
+        comm = init_gloo(rank, world, "127.0.0.1", port, timeout_s)
         result = fn(comm, *args)
         if rank == 0:
             Path(out).write_bytes(pickle.dumps(result))
+    except BaseException as e:  # leave the cause for the parent, which reports the first rank that failed
+        Path(out).with_name(f"rank{rank}.err").write_text(f"rank {rank}: {type(e).__name__}: {e}")
+        raise
     finally:
         import torch.distributed as dist
 
@@ -62,13 +65,20 @@ def run_ranks(fn: Callable[..., Any], world: int, *args, timeout_s: float = DEFA
         try:
             mp.spawn(_rank_main, args=(fn, world, free_port(), timeout_s, _threads(world, threads), out, args),
                      nprocs=world, join=True)
-        except mp.ProcessRaisedException as e:
-            last = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-            raise TPLaunchError(f"tensor-parallel run failed: {last[0]} {last[-1]}") from None
-        except mp.ProcessExitedException as e:
-            raise TPLaunchError(f"tensor-parallel run failed: rank {e.error_index} died "
-                                f"(exit code {e.exit_code})") from None
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+            raise TPLaunchError(f"tensor-parallel run failed: {_cause(tmp, e)}") from None
         return pickle.loads(Path(out).read_bytes())
+
+
+def _cause(tmp: str, e: Exception) -> str:
+    """The root cause first: a rank's own error before the collective errors it caused on the others."""
+    errs = sorted(Path(tmp).glob("rank*.err"))
+    texts = [f.read_text() for f in errs]
+    own = [t for t in texts if "CollectiveError" not in t]
+    if own or texts:
+        return "; ".join(own + [t for t in texts if t not in own])
+    code = getattr(e, "exit_code", None)
+    return f"rank {getattr(e, 'error_index', '?')} died (exit code {code})"
 
 
 def launched_by_torchrun() -> bool:
