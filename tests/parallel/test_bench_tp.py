@@ -15,8 +15,8 @@ def test_bench_tp_headline_and_plan(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     tiny_model_dir(model, "llama")
-    cfg = TPBenchConfig.quick(model=str(model), max_new_tokens=4, calib_passages=2, test_passages=3, counts=[0, 3],
-                              b2b_passages=3, b2b=B2BConfig(steps=2), quality_every=2, zero_shot_tol=-1.0,
+    cfg = TPBenchConfig.quick(model=str(model), max_new_tokens=4, calib_passages=2, test_passages=3, counts=[0, 2, 3],
+                              b2b_passages=3, b2b=B2BConfig(steps=2), zero_shot_tol=-1.0,
                               distill_tol=1e9, sizes=[1, 64])
     result = run_tp_bench(cfg)
     paths = write_tp_report(result, tmp_path / "tp.json")

@@ -33,10 +33,10 @@ class TPBenchConfig:
     prompts: int = 3
     max_new_tokens: int = 48
     repeats: int = 1
-    counts: list[int] | None = None  # SPD counts timed; None = 0, L/3, 2L/3, L
-    quality_every: int = 3  # quality at every n-th count of dropped blocks (and at L)
-    calib_passages: int = 10  # sensitivity: Spec-Bench "val" passages
-    test_passages: int | None = None  # quality: Spec-Bench "test" passages (None = all 40)
+    counts: list[int] = field(default_factory=lambda: [0, 2, 4, 6, 9, 12, 18])  # SPD block counts (timed, scored)
+    calib_passages: int = 4  # sensitivity: Spec-Bench "val" passages
+    calib_len: int = 128
+    test_passages: int | None = 20  # quality: Spec-Bench "test" passages (None = all 40)
     ppl_len: int = 128
     b2b_passages: int = 16  # B2B: Spec-Bench "train" passages
     b2b: B2BConfig = field(default_factory=B2BConfig)
@@ -46,23 +46,25 @@ class TPBenchConfig:
 
     @classmethod
     def quick(cls, **kw) -> TPBenchConfig:
-        base = dict(prompts=2, max_new_tokens=24, quality_every=6, calib_passages=6, test_passages=12,
-                    b2b_passages=8, b2b=B2BConfig(steps=20), sizes=[1, 640, 4096, 65536, 262144])
+        base = dict(prompts=2, max_new_tokens=24, counts=[0, 3, 6, 18], calib_passages=2, calib_len=96,
+                    test_passages=6, b2b_passages=8, b2b=B2BConfig(steps=30), sizes=[1, 640, 4096, 65536, 262144])
         return cls(**{**base, **kw})
 
 
 def _data(tok, cfg: TPBenchConfig):
     from leaninfer.moe.evaluate import EvalConfig, eval_data
 
-    calib = eval_data(tok.encode, EvalConfig(split="val", ppl_len=cfg.ppl_len, max_passages=cfg.calib_passages))
+    calib = eval_data(tok.encode, EvalConfig(split="val", ppl_len=cfg.calib_len, max_passages=cfg.calib_passages))
     test = eval_data(tok.encode, EvalConfig(split="test", ppl_len=cfg.ppl_len, max_passages=cfg.test_passages))
     train = eval_data(tok.encode, EvalConfig(split="train", ppl_len=cfg.ppl_len, max_passages=cfg.b2b_passages))
     n = min(len(x) for x in train.ppl)
     return calib, test, torch.tensor([x[:n] for x in train.ppl])
 
 
-def quality(model, world: int, drop: list[int], weights: dict[str, torch.Tensor] | None, data) -> dict:
-    """Perplexity and MC accuracy with blocks `drop` as SPD blocks (B2B `weights` swapped in for those blocks)."""
+def quality(model, world: int, drop: list[int], weights: dict[str, torch.Tensor] | None, data, mc: bool = True
+            ) -> dict:
+    """Perplexity and MC accuracy (None unless `mc`) with blocks `drop` as SPD blocks (B2B `weights` swapped in
+    for those blocks)."""
     from leaninfer.eval.choice import accuracy, predictions
     from leaninfer.moe.score import Scorer, perplexity
     from leaninfer.parallel.spd import simulate_spd
@@ -76,7 +78,7 @@ def quality(model, world: int, drop: list[int], weights: dict[str, torch.Tensor]
         with simulate_spd(model, world, drop):
             scorer = Scorer(model)
             ppl = perplexity(scorer, data.ppl)["ppl"]
-            acc = accuracy(data.items, predictions(data.items, scorer.choice_scores))
+            acc = accuracy(data.items, predictions(data.items, scorer.choice_scores)) if mc else None
     finally:
         with torch.no_grad():
             for k, v in saved.items():
@@ -111,12 +113,12 @@ def run_quality(cfg: TPBenchConfig, folder: Path) -> dict:
     order = sens["order"]
     plan = SPDPlan(cfg.world, [], order, tier, sens["sensitivity"], str(wfile) if weights else None)
     plan.save(plan_path(folder, cfg.world))
-    counts = sorted(set(range(0, L + 1, cfg.quality_every)) | {L} | set(cfg.counts or []))
     rows = []
-    for k in counts:
+    for k in sorted(c for c in set(cfg.counts) if c <= L):
         drop = sorted(order[:k])
-        zs = quality(model, cfg.world, drop, None, test)
-        b2b = quality(model, cfg.world, drop, weights, test) if set(drop) & set(tier["sensitive"]) else zs
+        distilled = bool(set(drop) & set(tier["sensitive"]))
+        zs = quality(model, cfg.world, drop, None, test, mc=not distilled)  # accuracy of the final variant only
+        b2b = quality(model, cfg.world, drop, weights, test) if distilled else zs
         rows.append({"dropped": k, "blocks": drop, "ppl_zero_shot": zs["ppl"], "acc_zero_shot": zs["acc"],
                      "ppl": b2b["ppl"], "acc": b2b["acc"]})
         log.info("quality %s", rows[-1])
@@ -132,7 +134,7 @@ def run_speed(cfg: TPBenchConfig, folder: Path, order: list[int], n_layers: int)
     from leaninfer.parallel.timing import time_rank
 
     prompts = list(DEMO_PROMPTS[: cfg.prompts])
-    counts = cfg.counts or sorted({0, n_layers // 3, 2 * n_layers // 3, n_layers})
+    counts = sorted(c for c in set(cfg.counts) if c <= n_layers)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.world)  # TP=1 gets the cores the TP ranks get
     try:
