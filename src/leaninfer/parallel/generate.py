@@ -21,21 +21,26 @@ def build_rank_engine(comm: Comm, folder: str, precision: str, plan: SPDPlan | N
     drop = tuple(plan.drop) if plan else ()
     override = plan.load_weights() if plan else None
     model, tok = load_rank_model(Path(folder), comm, precision, drop, override)
-    return Engine(model, tok, precision, str(folder))
+    import torch
+
+    return Engine(model, tok, precision, str(folder), threads=torch.get_num_threads())  # fixed: one per rank here
 
 
-def generate_rank(comm: Comm, folder: str, precision: str, prompt, kwargs: dict, plan: SPDPlan | None = None):
-    """`Engine.generate(prompt, **kwargs)` on this rank; returns the `GenerationResult` with TP stats."""
+def generate_rank(comm: Comm, folder: str, precision: str, prompt, request, plan: SPDPlan | None = None,
+                  stream: bool = False):
+    """`Engine.generate(prompt, request)` on this rank (a `GenerateRequest`); returns the result with TP stats."""
+    import dataclasses
+
     t0 = time.perf_counter()
     engine = build_rank_engine(comm, folder, precision, plan)
     load_s = time.perf_counter() - t0
-    kwargs = dict(kwargs)
-    if kwargs.get("seed") is None and kwargs.get("temperature", 0.0) > 0:
-        kwargs["seed"] = comm.broadcast_int(random.randrange(2**31))
-    stream = _stdout if kwargs.pop("stream", None) else None
+    sampling = request.sampling
+    if sampling.seed is None and sampling.temperature > 0:  # every rank must draw the same tokens
+        seed = comm.broadcast_int(random.randrange(2**31))
+        request = dataclasses.replace(request, sampling=dataclasses.replace(sampling, seed=seed))
     comm.barrier()
     comm.stats.reset()
-    out = engine.generate(prompt, stream=stream if comm.rank == 0 else None, **kwargs)
+    out = engine.generate(prompt, request, stream=_stdout if stream and comm.rank == 0 else None)
     s = comm.stats
     out.stats.update({"tp": comm.world, "spd_dropped": len(plan.drop) if plan else 0, "load_s": load_s,
                       "comm_s": s.seconds, "comm_calls": s.calls, "comm_bytes": s.bytes,
@@ -43,22 +48,26 @@ def generate_rank(comm: Comm, folder: str, precision: str, prompt, kwargs: dict,
     return out
 
 
-def tp_generate(model: str, prompt, world: int, precision: str = "fp32", spd: str | None = None, **kwargs):
+def tp_generate(model: str, prompt, world: int, precision: str = "fp32", spd: str | None = None, request=None,
+                stream: bool = False, **kwargs):
     """Generate on `world` ranks. Under torchrun this process is one rank (returns the result on rank 0, None on
     the others); otherwise `world` ranks are spawned here and rank 0's result is returned. `spd`: a number of
-    blocks whose attention sync point is dropped, or a plan file (docs/tp.md)."""
+    blocks whose attention sync point is dropped, or a plan file (docs/tp.md). `request`: a `GenerateRequest`
+    (or keyword shorthand as for `Engine.generate`)."""
     from leaninfer.io.store import read_model_config, resolve
+    from leaninfer.request import GenerateRequest
 
+    request = request if request is not None else GenerateRequest.from_kwargs(**kwargs)
     folder = str(resolve(model))
     cfg, _ = read_model_config(Path(folder))
     if launched_by_torchrun():
         from leaninfer.parallel.comm import env_world
 
         plan = resolve_plan(spd, folder, cfg, env_world()[1])
-        out = in_group(generate_rank, folder, precision, prompt, kwargs, plan)
+        out = in_group(generate_rank, folder, precision, prompt, request, plan, stream)
         return out if env_world()[0] == 0 else None
     plan = resolve_plan(spd, folder, cfg, world)
-    return run_ranks(generate_rank, world, folder, precision, prompt, kwargs, plan)
+    return run_ranks(generate_rank, world, folder, precision, prompt, request, plan, stream)
 
 
 def _stdout(text: str) -> None:
