@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -33,18 +34,29 @@ def generate(
     roe: Annotated[Optional[int], typer.Option(min=1, help="MoE models: Roster of Experts with N members.")] = None,
     roe_tau: Annotated[float, typer.Option(min=0.0, help="RoE Gumbel noise scale (tuned: docs/moe.md).")] = 0.2,
     roe_clean_layers: Annotated[int, typer.Option(min=0, help="RoE: first/last L layers route cleanly.")] = 1,
+    tp: Annotated[int, typer.Option(min=1, help="Tensor-parallel ranks spawned here (docs/tp.md).")] = 1,
+    spd: Annotated[Optional[str], typer.Option(help="TP: Sync-Point Drop of N blocks, or a plan file.")] = None,
 ) -> None:
     """Generate text; streams it as it is produced, then prints stats."""
     import leaninfer
     from leaninfer.request import GenerateRequest, MethodSpec, RoutingSpec, SamplingConfig, kv_policy
 
-    engine = leaninfer.load(model, precision=precision)  # errors: one line from leaninfer.cli
     stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     request = GenerateRequest(
         max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p, seed),
         method=MethodSpec.parse(method), routing=RoutingSpec(moe_k, roe, roe_tau, roe_clean_layers),
         kv=kv_policy(kv), stop=stop or [])
-    out = engine.generate(prompt, request, stream=stream)
+    if tp > 1 or spd or os.environ.get("WORLD_SIZE", "1") != "1":  # tensor-parallel ranks (or torchrun)
+        from leaninfer.parallel.generate import tp_generate
+
+        precision = precision or "fp32"
+        out = tp_generate(model, prompt, tp, precision, spd, request, stream=not json_out)
+        if out is None:  # torchrun: only rank 0 prints
+            return
+    else:
+        engine = leaninfer.load(model, precision=precision)  # errors: one line from leaninfer.cli
+        precision = engine.precision
+        out = engine.generate(prompt, request, stream=stream)
     if json_out:
         print(json.dumps({"token_ids": out.token_ids, "text": out.text, "finish_reason": out.finish_reason,
                           **out.stats}))
@@ -53,7 +65,7 @@ def generate(
     s = out.stats
     console.print(f"[dim]{s['new_tokens']} tokens, {s['tokens_per_s']:.1f} tokens/s, TTFT {s['ttft_s'] * 1000:.0f} ms, "
                   f"TPOT {s['tpot_s'] * 1000:.1f} ms, mean accepted {s['mean_accepted_tokens']:.2f}, "
-                  f"{engine.precision}, finish: {out.finish_reason}[/dim]")
+                  f"{precision}, finish: {out.finish_reason}[/dim]")
 
 
 def info(
