@@ -147,3 +147,27 @@ def test_adapter_round_trip(model_dir, tmp_path):
     (tmp_path / "adapter.safetensors").write_bytes(b"corrupt")
     with pytest.raises(ValueError):
         load_adapter(tmp_path)
+
+
+def test_bench_mtp_on_tiny_model(tmp_path):
+    import json
+
+    from leaninfer.bench.mtp import MTPBenchConfig, run_mtp_bench, write_mtp_report
+    from leaninfer.models.mtp import user_dir
+
+    tiny_model_dir(tmp_path / "m", "gemma3")
+    model = leaninfer.load(tmp_path / "m", precision="fp32").model
+    save_adapter(user_dir(tmp_path / "m"), _adapter(model, k=4),
+                 {"target": {"name": "m", "vocab_size": 96, "dim": 32, "n_layers": 3}})
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("\n".join(json.dumps({"question_id": i, "category": c, "turns": [f"w5 w6 w{7 + i} w5 w6"]})
+                               for i, c in enumerate(["qa", "qa", "rag"])))
+    cfg = MTPBenchConfig(model=str(tmp_path / "m"), precision="fp32", questions=qfile, per_category=None,
+                         max_new_tokens=8, others=["ngram"], ppl_texts=2)
+    result = run_mtp_bench(cfg)
+    assert result["lossless"] == "3/3" and result["tokens_per_step"] >= 1.0
+    assert set(result["per_k"]) == {"1", "2", "4"} and "mtp_linear" in result["methods"]
+    assert result["base_ppl_delta_gated"] == 0.0 and result["base_ppl_delta_plain_lora"] != 0.0
+    assert len(result["methods"]["mtp"]["accept_by_position"]) == 4
+    paths = write_mtp_report(result, tmp_path / "mtp.json")
+    assert all(p.exists() for p in paths)

@@ -21,6 +21,7 @@ HEADLINE = "mtp"  # label of the headline configuration: k=4, quadratic decoding
 class MTPBenchConfig:
     model: str = "default"
     precision: str | None = None
+    questions: Path | None = None  # Spec-Bench question file (default: ../shared/data/spec_bench)
     per_category: int | None = 3
     max_new_tokens: int = 96
     k: int = 4
@@ -78,12 +79,18 @@ def run_mtp_bench(cfg: MTPBenchConfig) -> dict:
     from leaninfer.eval.perplexity import text_corpus
     from leaninfer.generate.proposers.mtp import engine_adapter
 
-    spec_cfg = SpecBenchConfig(model=cfg.model, precision=cfg.precision, methods=cfg.methods(),
-                               per_category=cfg.per_category, max_new_tokens=cfg.max_new_tokens)
+    spec_cfg = SpecBenchConfig(model=cfg.model, precision=cfg.precision, questions=cfg.questions,
+                               methods=cfg.methods(), per_category=cfg.per_category, max_new_tokens=cfg.max_new_tokens)
     spec = run_spec_bench(spec_cfg)
     engine = leaninfer.load(cfg.model, precision=cfg.precision)
     adapter = engine_adapter(engine)
-    drift = base_ppl_drift(engine, adapter, text_corpus(limit=cfg.ppl_texts), cfg.ppl_max_len)
+    if cfg.questions is None:
+        texts = text_corpus(limit=cfg.ppl_texts)
+    else:
+        from leaninfer.eval.specbench import load_questions
+
+        texts = [q.text for q in load_questions(cfg.questions)][: cfg.ppl_texts]
+    drift = base_ppl_drift(engine, adapter, texts, cfg.ppl_max_len)
     table = spec["table"]
     n_q = len(spec["per_question"]["ar"])
 
@@ -101,7 +108,8 @@ def run_mtp_bench(cfg: MTPBenchConfig) -> dict:
     per_k.update({lab.removeprefix("mtp_k"): summary(lab) for lab in mtp_labels if lab.startswith("mtp_k")})
     head = summary(HEADLINE)
     return {
-        "benchmark": "mtp", "config": asdict(cfg), "spec": spec, "manifest": _manifest(),
+        "benchmark": "mtp", "config": {**asdict(cfg), "questions": str(cfg.questions or "default")},
+        "spec": spec, "manifest": _manifest(),
         "tokens_per_step": head["tokens_per_step"], "speedup": head["speedup"], "lossless": head["lossless"],
         "questions": n_q, "base_ppl_delta_gated": drift["delta_gated"],
         "base_ppl_delta_plain_lora": drift["delta_plain_lora"], "ppl": drift,
