@@ -45,25 +45,27 @@ class MTPBenchConfig:
 
 def base_ppl_drift(engine, adapter, texts: list[str], max_len: int, anchor_every: int = 4) -> dict:
     """Perplexity of the real rows of blocks that carry mask slots (a block of k masks after every
-    `anchor_every`-th token, the training layout), with the gated LoRA and with the same LoRA ungated (plain),
-    against the base model on the same texts. Gated rows are the base model's rows, so its delta is 0."""
+    `anchor_every`-th token, the training layout): the base model on that block (LoRA off), the gated LoRA, and
+    the same LoRA ungated (plain). Gated real rows are the base model's rows, so its delta is exactly 0.
+    `no_masks` is the ordinary forward over the text alone (equal to `base` on row-invariant precisions)."""
     from leaninfer.train.mtp import build_layout
 
     model = engine.model
     k = adapter.cfg.n_masks
-    nll = {"base": 0.0, "gated": 0.0, "plain_lora": 0.0}
+    modes = {"base": torch.zeros(0, dtype=torch.long), "gated": None, "plain_lora": "all"}
+    nll = dict.fromkeys([*modes, "no_masks"], 0.0)
     n = 0
     with torch.inference_mode():
         for text in texts:
             ids = engine.encode(text)[:max_len]
             L = len(ids)
             target = torch.tensor(ids[1:])
-            base = model(torch.tensor([ids])).logits[0, :-1]
-            nll["base"] += float(F.cross_entropy(base, target, reduction="sum"))
+            nll["no_masks"] += float(F.cross_entropy(model(torch.tensor([ids])).logits[0, :-1], target,
+                                                     reduction="sum"))
             lay = build_layout(ids, list(range(0, L - 2, anchor_every)), k)
-            for mode, gate in (("gated", lay.mask_rows), ("plain_lora", "all")):
+            for mode, gate in modes.items():
                 with adapter.attached(model, max_rows=lay.tokens.numel()):
-                    adapter.gate(gate)
+                    adapter.gate(lay.mask_rows if gate is None else gate)
                     h = adapter.embed(model, lay.tokens[None], lay.slot[None])
                     hid = model(hidden=h, positions=lay.positions[None], block_mask=lay.block, logits=False).hidden
                 logits = torch.cat([model.head(c) for c in hid[:, : L - 1].split(16, dim=1)], 1)[0]
@@ -71,7 +73,7 @@ def base_ppl_drift(engine, adapter, texts: list[str], max_len: int, anchor_every
             n += L - 1
     ppl = {m: math.exp(v / n) for m, v in nll.items()}
     return {"tokens": n, "ppl": ppl, "delta_gated": ppl["gated"] - ppl["base"],
-            "delta_plain_lora": ppl["plain_lora"] - ppl["base"]}
+            "delta_plain_lora": ppl["plain_lora"] - ppl["base"], "gated_bit_identical": nll["gated"] == nll["base"]}
 
 
 def run_mtp_bench(cfg: MTPBenchConfig) -> dict:
@@ -139,8 +141,11 @@ def write_mtp_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
                            [[k, v["tokens_per_step"], v["speedup"], v["lossless"]] for k, v in result["per_k"].items()])
     p = result["ppl"]
     drift = markdown_table(["model", "perplexity", "delta vs base"], [
-        ["base", p["ppl"]["base"], 0.0], ["gated LoRA (masks in the block)", p["ppl"]["gated"], p["delta_gated"]],
-        ["same LoRA ungated (plain)", p["ppl"]["plain_lora"], p["delta_plain_lora"]]], digits=4)
+        ["base (same block, LoRA off)", p["ppl"]["base"], 0.0],
+        ["gated LoRA (masks in the block)", p["ppl"]["gated"], p["delta_gated"]],
+        ["same LoRA ungated (plain)", p["ppl"]["plain_lora"], p["delta_plain_lora"]],
+        ["base, ordinary forward without masks", p["ppl"]["no_masks"], p["ppl"]["no_masks"] - p["ppl"]["base"]]],
+        digits=4)
     man = result.get("manifest", {})
     budget = man.get("budget", {})
     train = (f"Adapter: {man.get('file', '?')} ({man.get('bytes', 0) / 1e6:.1f} MB), rank "
