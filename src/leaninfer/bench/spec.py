@@ -101,6 +101,7 @@ def run_spec_bench(cfg: SpecBenchConfig) -> dict:
                 "seconds": median([r.stats["e2e_s"] for r in runs]), "forwards": out.stats["target_forwards"],
                 "ttft_s": out.stats["ttft_s"], "identical": out.token_ids == ref_tokens,
                 **{t: out.stats[t] for t in TIMERS if t in out.stats},
+                **{t: out.stats[t] for t in ("accept_by_position",) if t in out.stats},  # MTP
             })
     return {"benchmark": "spec", "config": {**asdict(cfg), "questions": str(cfg.questions or "default"),
                                             "previous": str(cfg.previous) if cfg.previous else None},

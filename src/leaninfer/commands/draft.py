@@ -65,7 +65,8 @@ def draft_data(
 
 @draft_app.command("train")
 def draft_train(
-    kind: Annotated[str, typer.Option(help="eagle | medusa | hydra | draft-lm | mirror (streaming)")] = "eagle",
+    kind: Annotated[str, typer.Option(help="eagle | medusa | hydra | draft-lm | mirror (streaming) | mtp (mask "
+                                      "tokens + gated LoRA; options: docs/mtp.md)")] = "eagle",
     target: Annotated[str, typer.Option(help="'default', a GGUF file or a model folder.")] = "default",
     data: Annotated[Optional[Path], typer.Option(help="Distillation set (default: the one `draft data` "
                                                  "builds with its defaults, built or finished first if "
@@ -85,9 +86,16 @@ def draft_train(
                                                 "`leaninfer.load(...).draft(kind)` finds it).")] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint instead of resuming.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the training summary here.")] = None,
+    mtp: Annotated[Optional[str], typer.Option(help="mtp: 'key=value,...' overrides of MTPTrainConfig and "
+                                               "data_prompts / data_minutes / text_prompts.")] = None,
 ) -> None:
     """Train a draft on the target's self-distillation set, resumable, with a curve of offline τ."""
     import json
+
+    if kind == "mtp":
+        from leaninfer.commands.mtp import train_mtp_command
+
+        return train_mtp_command(target, minutes, max_steps, lr, draft_vocab, out, json_out, mtp)
 
     import leaninfer
     from leaninfer.io.drafts import KINDS, draft_dir

@@ -94,6 +94,22 @@ def _mirror(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, draft=N
 METHODS["mirror"] = _mirror
 
 
+def _mtp(engine, prompt, max_new_tokens, sampling, eos_ids, on_token, adapter=None, k: int = 4,
+         decoding: str = "quadratic", sampler="on"):
+    """MTP: the target drafts its next k tokens from mask slots through a gated LoRA (generate/proposers/mtp.py);
+    the shipped adapter for the default model, or `leaninfer draft train --kind mtp`."""
+    from leaninfer.generate.proposers.mtp import decode_mtp, engine_adapter
+
+    on = {"on": True, "off": False, True: True, False: False}.get(sampler)
+    if on is None:
+        raise ValueError(f"sampler must be 'on' or 'off', got {sampler!r}")
+    return decode_mtp(engine.model, adapter or engine_adapter(engine), prompt, max_new_tokens, sampling, eos_ids,
+                      on_token, k=k, decoding=decoding, sampler=on)
+
+
+METHODS["mtp"] = _mtp
+
+
 # methods whose loop runs on any DecodeContext (a compressed cache with rollback, a MoE routing)
 CONTEXT_METHODS = ("ar", "ngram", "sd")
 
