@@ -14,6 +14,7 @@ from leaninfer.generate.proposers.base import Proposer
 from leaninfer.generate.sampling import SamplingConfig, logits_to_probs, make_generator, next_token
 from leaninfer.generate.tree import verify_tree_greedy, verify_tree_sampling, verify_tree_typical
 from leaninfer.generate.verify import verify_greedy, verify_sampling
+from leaninfer.models.attention import check_exact_block
 from leaninfer.models.transformer import Decoder
 
 # step(cache, context, pending, budget, generator) -> (emitted tokens, drafts proposed, drafts accepted)
@@ -36,6 +37,7 @@ def speculate(
     """Prefill, then call `step` until EOS, a stop string or `max_new_tokens`. `context` passed to step is the
     prompt plus every emitted token except the pending one (the first token not yet in the target cache).
     `on_prefill(out, first_token)` receives the prefill's `ForwardOut` (with `prefill_taps` hidden states)."""
+    check_exact_block(extra_slots)  # extra_slots = the longest block one step verifies
     device = model.embed.weight.device
     gen = make_generator(sampling.seed, device)
     cache = model.new_cache(1, len(prompt) + max_new_tokens + extra_slots)

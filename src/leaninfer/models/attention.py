@@ -87,7 +87,18 @@ def build_mask(
     return mask[:, None]
 
 
-ROW_INVARIANT_MAX_T = 16
+EXACT_MAX_T = 64
+"""Blocks of at most this many new tokens are computed exactly as one-token decoding computes them (attention
+here, MoE experts in models/moe.py), at every precision. Longer blocks are prompt prefills, which no decoding
+path recomputes token by token; they take the fast fused kernels. Speculation refuses longer verification blocks
+(`check_exact_block`)."""
+
+
+def check_exact_block(n: int, what: str = "a verification block") -> None:
+    """Raise when `n` new tokens in one target forward exceed what the exact (row-invariant) path covers."""
+    if n > EXACT_MAX_T:
+        raise ValueError(f"{what} of {n} tokens is longer than {EXACT_MAX_T}, the longest block the target verifies "
+                         "exactly as plain decoding (lossless); use fewer draft tokens or tree nodes")
 
 
 def row_invariant_attention(q, k, v, mask, scale) -> torch.Tensor:
@@ -134,7 +145,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(nkv * hd, cfg.norm_eps, cfg.norm_offset)
         self.sliding = cfg.layer_types[layer] == "sliding"
         self.split = [nh * hd, nkv * hd, nkv * hd]
-        self.row_invariant = False  # set by quantize_model: see row_invariant_attention
+        self.row_invariant = True  # blocks up to EXACT_MAX_T: see row_invariant_attention
 
     def forward(
         self,
@@ -179,7 +190,7 @@ class Attention(nn.Module):
         fast = kernels.row_attention(q, k, v, mask, cfg.scale) if self.row_invariant else None
         if fast is not None:  # C++ row-invariant fp32 attention, any block length
             out = fast
-        elif self.row_invariant and T <= ROW_INVARIANT_MAX_T:
+        elif self.row_invariant and T <= EXACT_MAX_T:
             out = row_invariant_attention(q, k.to(q.dtype), v.to(q.dtype), mask, cfg.scale)
         else:
             out = F.scaled_dot_product_attention(
