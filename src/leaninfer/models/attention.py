@@ -6,6 +6,8 @@ left-padded batches, rolled-back caches and custom masks (token trees, mask bloc
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,13 +34,31 @@ class RMSNorm(nn.Module):
         return (xf * (self.offset + self.weight.float())).to(x.dtype)
 
 
-def rope_table(base: float, head_dim: int, max_len: int, scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables (max_len, head_dim) in fp32 for the rotate-half RoPE convention."""
+def rope_table(base: float, head_dim: int, max_len: int, scaling: float = 1.0,
+               llama3: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (max_len, head_dim) in fp32 for the rotate-half RoPE convention; `scaling` divides positions
+    (linear interpolation), `llama3` rescales the frequencies as Llama 3.x does (`llama3_inv_freq`)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if llama3 is not None:
+        inv_freq = llama3_inv_freq(inv_freq, **llama3)
     t = torch.arange(max_len, dtype=torch.float32) / scaling
     freqs = torch.outer(t, inv_freq)  # (S, D/2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (S, D)
     return emb.cos(), emb.sin()
+
+
+def llama3_inv_freq(inv_freq: torch.Tensor, factor: float, low_freq_factor: float, high_freq_factor: float,
+                    original_max_position_embeddings: float) -> torch.Tensor:
+    """Llama 3.x RoPE scaling: wavelengths longer than original_len / low_freq_factor are stretched by `factor`,
+    those shorter than original_len / high_freq_factor are kept, and the band between is interpolated."""
+    old_len = original_max_position_embeddings
+    wavelen = 2 * math.pi / inv_freq  # (D/2,)
+    low_wavelen, high_wavelen = old_len / low_freq_factor, old_len / high_freq_factor
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
