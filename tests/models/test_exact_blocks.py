@@ -5,13 +5,10 @@ Linear layers are the precision kernels' business (models/quant.py); fp32 `F.lin
 CPU (a row of an M-row matmul differs from the same row alone for every M >= 2), so the whole-model checks here
 run the linears row by row to isolate attention and the MoE experts."""
 
-import contextlib
-
 import pytest
 import torch
-from torch import nn
 
-from helpers import hf_model
+from helpers import block_vs_steps, hf_model, row_by_row_linears
 from leaninfer.io.hf import config_from_hf, map_hf_tensors
 from leaninfer.models.attention import EXACT_MAX_T, check_exact_block
 from leaninfer.models.build import build_decoder
@@ -41,51 +38,13 @@ def _qwen2_moe():
     return model
 
 
-@contextlib.contextmanager
-def row_by_row_linears():
-    """Every nn.Linear and the LM head compute one row at a time (the one-token decode computation), whatever the
-    block; F.linear inside the MoE experts is left alone (it is under test)."""
-    from leaninfer.models.transformer import Decoder
-
-    lin, head = nn.Linear.forward, Decoder.head
-
-    def linear(self, x):
-        rows = x.reshape(-1, x.shape[-1])
-        return torch.cat([lin(self, rows[i : i + 1]) for i in range(rows.shape[0])]).view(*x.shape[:-1], -1)
-
-    def rowwise_head(self, h):  # (B, T, dim) -> (B, T, V)
-        return torch.cat([head(self, h[:, t : t + 1]) for t in range(h.shape[1])], dim=1)
-
-    nn.Linear.forward, Decoder.head = linear, rowwise_head
-    try:
-        yield
-    finally:
-        nn.Linear.forward, Decoder.head = lin, head
-
-
-def _block_vs_steps(model, prompt_len: int, block: int, seed: int = 0, routing=None):
-    """Logits of one forward over `block` new tokens and of `block` one-token steps after the same prefill."""
-    g = torch.Generator().manual_seed(seed)
-    vocab = model.cfg.vocab_size
-    prompt = torch.randint(3, vocab, (1, prompt_len), generator=g)
-    new = torch.randint(3, vocab, (1, block), generator=g)
-    with torch.inference_mode():
-        a = model.new_cache(1, prompt_len + block)
-        model(prompt, cache=a, routing=routing)
-        together = model(new, cache=a, routing=routing).logits[0]  # (block, V)
-        b = model.new_cache(1, prompt_len + block)
-        model(prompt, cache=b, routing=routing)
-        steps = torch.cat([model(new[:, t : t + 1], cache=b, routing=routing).logits[0] for t in range(block)])
-    return together, steps
-
-
 @pytest.mark.parametrize("arch", ["gemma3", "mixtral", "qwen2_moe"])  # sliding/full attention; MoE (+ shared)
 @pytest.mark.parametrize("block", [6, 24, EXACT_MAX_T])
 def test_block_logits_equal_one_token_steps(arch, block):
     model = _model(arch)
     routing = Routing(top_k=3) if arch == "mixtral" else None  # 3 experts: the order of their sum matters
     with row_by_row_linears():
-        together, steps = _block_vs_steps(model, prompt_len=70, block=block, routing=routing)
+        together, steps = block_vs_steps(model, prompt_len=70, block=block, routing=routing)
     assert torch.equal(together, steps)
 
 
@@ -115,7 +74,7 @@ def test_int8_block_logits_equal_one_token_steps():
     from leaninfer.models.quant import quantize_model
 
     model = quantize_model(_model("mixtral"), "int8")
-    together, steps = _block_vs_steps(model, prompt_len=30, block=6)
+    together, steps = block_vs_steps(model, prompt_len=30, block=6)
     assert torch.equal(together, steps)
 
 
