@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import gguf
 import numpy as np
 import torch
+from torch import nn
 
 TINY = dict(vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=48, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -156,3 +159,41 @@ def block_and_step_logits(model, toks, prefix: int = 6):
         model(toks[:, :prefix], cache=cache)
         steps = torch.cat([model(toks[:, i : i + 1], cache=cache).logits for i in range(prefix, n)], 1)
     return block, steps
+
+
+@contextlib.contextmanager
+def row_by_row_linears():
+    """Every nn.Linear and the LM head compute one row at a time (the one-token decode computation), whatever the
+    block; F.linear inside the MoE experts is left alone (it is under test)."""
+    from leaninfer.models.transformer import Decoder
+
+    lin, head = nn.Linear.forward, Decoder.head
+
+    def linear(self, x):
+        rows = x.reshape(-1, x.shape[-1])
+        return torch.cat([lin(self, rows[i : i + 1]) for i in range(rows.shape[0])]).view(*x.shape[:-1], -1)
+
+    def rowwise_head(self, h):  # (B, T, dim) -> (B, T, V)
+        return torch.cat([head(self, h[:, t : t + 1]) for t in range(h.shape[1])], dim=1)
+
+    nn.Linear.forward, Decoder.head = linear, rowwise_head
+    try:
+        yield
+    finally:
+        nn.Linear.forward, Decoder.head = lin, head
+
+
+def block_vs_steps(model, prompt_len: int, block: int, seed: int = 0, routing=None):
+    """Logits of one forward over `block` new tokens and of `block` one-token steps after the same prefill."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.cfg.vocab_size
+    prompt = torch.randint(3, vocab, (1, prompt_len), generator=g)
+    new = torch.randint(3, vocab, (1, block), generator=g)
+    with torch.inference_mode():
+        a = model.new_cache(1, prompt_len + block)
+        model(prompt, cache=a, routing=routing)
+        together = model(new, cache=a, routing=routing).logits[0]  # (block, V)
+        b = model.new_cache(1, prompt_len + block)
+        model(prompt, cache=b, routing=routing)
+        steps = torch.cat([model(new[:, t : t + 1], cache=b, routing=routing).logits[0] for t in range(block)])
+    return together, steps

@@ -52,11 +52,42 @@ def test_bench_commands_are_registered():
     assert res.exit_code == 0 and "decode" in res.output and "precision" in res.output
 
 
-def test_demo_method_choice_requires_identical_output(tmp_path):
+def test_demo_method_choice_requires_identical_output(monkeypatch):
+    """A faster method whose tokens differ from plain decoding is never chosen; an identical faster one is."""
+    from types import SimpleNamespace
+
+    from leaninfer import demo
+    from leaninfer.io.drafts import DraftNotFoundError
+
+    class Engine:
+        def __init__(self, ngram_tokens):
+            self.ngram_tokens = ngram_tokens
+
+        def draft(self, kind):
+            raise DraftNotFoundError(kind)
+
+        def generate(self, prompt, max_new_tokens, method="ar"):
+            toks = [5, 6, 7] if method == "ar" else self.ngram_tokens
+            return SimpleNamespace(token_ids=toks, stats={"tokens_per_s": 10.0 if method == "ar" else 30.0})
+
+    method, speeds = demo.fastest_method(Engine([5, 6, 8]))
+    assert method == "ar" and set(speeds) == {"ar"}
+    method, speeds = demo.fastest_method(Engine([5, 6, 7]))
+    assert method == "ngram" and speeds == {"ar": 10.0, "ngram": 30.0}
+
+
+def test_demo_on_a_tiny_model_picks_an_exact_method(tmp_path):
     import leaninfer
     from leaninfer.demo import fastest_method
 
     tiny_model_dir(tmp_path)
     engine = leaninfer.load(tmp_path, precision="fp32")
-    method, speeds = fastest_method(engine, prompt="w5 w6 w5 w6 w5 w6", max_new_tokens=8)
-    assert method in speeds and "ar" in speeds
+    prompt = "w5 w6 w5 w6 w5 w6"
+    method, speeds = fastest_method(engine, prompt=prompt, max_new_tokens=8)
+    assert engine.generate(prompt, max_new_tokens=8, method=method).token_ids == engine.generate(
+        prompt, max_new_tokens=8).token_ids
+
+
+def test_kv_ask_has_no_ignored_skip_option():
+    res = runner.invoke(app, ["kv", "ask", "-q", "who?", "--skip", "1"])
+    assert res.exit_code == 2 and "No such option" in res.output

@@ -1,5 +1,6 @@
 """The main job (`leaninfer demo`): load the default model, generate for a handful of prompts with the fastest
-exact method available, and compare against plain fp32 decoding. It grows as capabilities land."""
+exact method available, and compare against plain decoding at the same (default) precision. It grows as
+capabilities land."""
 
 from __future__ import annotations
 

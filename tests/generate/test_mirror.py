@@ -62,7 +62,9 @@ def test_greedy_equals_plain(engine, gamma, kappa, exit_layer):
         out = engine.generate(p, max_new_tokens=24, eos=False, method="mirror", draft=draft, gamma=gamma,
                               kappa=kappa, exit_layer=exit_layer, workers="serial")
         assert out.token_ids == _plain(engine, p)
-        assert out.stats["hits"] + out.stats["misses"] >= out.stats["steps"]
+        # every step starts from a reused branch (a hit of the step before) or a re-draft (a miss); the last
+        # step's hit is never used
+        assert out.stats["hits"] + out.stats["misses"] - out.stats["steps"] in (0, 1)
 
 
 def test_forced_hits_every_correction_is_a_candidate(engine):
@@ -178,7 +180,7 @@ def test_bench_report_from_rows(tmp_path):
              "identical": ident}
         if mirror:
             r.update(prefix_s=0.1, suffix_s=0.2, draft_refresh_s=0.01, draft_rollout_s=0.1, redraft_s=0.05,
-                     exposed_draft_s=0.06, accept_s=0.01, steps=fw - 1, hits=2, misses=2)
+                     exposed_draft_s=0.06, accept_s=0.01, steps=fw - 1, hits=2, misses=1)
         return r
 
     rows = {"ar": [row("a", 0.9, 9), row("b", 0.9, 9)], "eagle": [row("a", 0.5, 5), row("b", 0.6, 5)],
@@ -196,6 +198,10 @@ def test_bench_report_from_rows(tmp_path):
     assert not res["headline"]["mirror_serial"]["lossless"]
     assert "mirror kappa=4" in res["ablations"] and "mirror kappa=4" not in res["table"]
     assert res["latency_model"]["mirror"]["predicted_step_ms"] > 0
+    # fitted on question a (prefix 0.1 s / 3 steps), checked against question b's measured step only
+    lm = res["latency_model"]
+    assert lm["fit"] == "half" and lm["mirror"]["step_ms"]["prefix_s"] == pytest.approx(100 / 3)
+    assert lm["mirror"]["measured_step_ms"] == pytest.approx(1000 * (0.5 - 0.1) / 3)
     res.update(config={"per_category": 1, "max_new_tokens": 9, "gamma": 3, "kappa": 2, "exit_layer": None,
                        "rollout": "stream", "compare_rollouts": ["eagle"]}, precision="int8")
     _, md, png = write_mirror_report(res, tmp_path / "mirror.json")

@@ -32,7 +32,7 @@ def reference_moe(moe, x, k, renorm):
 
 
 @pytest.mark.parametrize("arch", ["olmoe", "qwen2_moe", "mixtral"])
-@pytest.mark.parametrize("rows", [1, 7])  # decode (gathered experts) and prefill (grouped by expert) paths
+@pytest.mark.parametrize("rows", [1, 7, 70])  # per-pair exact path (<= 64 tokens) and grouped prefill path
 def test_runtime_k_matches_reference_loop(arch, rows):
     model = _model(arch)
     moe = model.layers[0].ffn

@@ -47,6 +47,8 @@ class RssSampler:
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.start = 0
+        self._lock, self._generation = threading.Lock(), 0
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
@@ -57,11 +59,22 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
+            generation = self._generation
+            rss = self.current()
+            with self._lock:  # a sample read before a reset must not raise the new peak (it did: the
+                if generation == self._generation:  # llama.cpp row showed transformers' peak)
+                    self.peak = max(self.peak, rss)
             time.sleep(self.interval)
 
     def reset(self) -> None:
-        self.peak = self.current()
+        """Start a new measurement: peak and start = the RSS now."""
+        with self._lock:
+            self._generation += 1
+            self.start = self.peak = self.current()
+
+    @property
+    def start_mb(self) -> float:
+        return self.start / 2**20
 
     @property
     def peak_mb(self) -> float:
@@ -93,6 +106,8 @@ def _time_runs(name, fn, prompts, cfg: DecodeBenchConfig, sampler: RssSampler) -
         "new_tokens_per_run": runs[0]["new_tokens"],
         "runs": runs,
         "peak_rss_mb": sampler.peak_mb,
+        "rss_at_start_mb": sampler.start_mb,  # what earlier backends left in this process
+        "peak_rss_added_mb": sampler.peak_mb - sampler.start_mb,
     }
 
 
@@ -158,12 +173,18 @@ def _llamacpp(cfg):
     llm = Llama(model_path=str(gguf), n_ctx=4096, n_threads=n, n_threads_batch=n, verbose=False, seed=0)
 
     def run(prompt):
+        # token ids from the low-level generator, counted one by one: the streamed completion API yields a final
+        # chunk after the last token, which counted as one token more per prompt than the other backends; like
+        # them (eos=False / min_new_tokens), it decodes exactly max_new_tokens greedy tokens
         t0 = time.perf_counter()
         ttft, n = None, 0
-        for _ in llm(prompt, max_tokens=cfg.max_new_tokens, temperature=0.0, stream=True):
+        ids = llm.tokenize(prompt.encode("utf-8"))
+        for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
             n += 1
             if ttft is None:
                 ttft = time.perf_counter() - t0
+            if n >= cfg.max_new_tokens:
+                break
         return n, ttft or 0.0, time.perf_counter() - t0
 
     return run, llm
@@ -274,9 +295,10 @@ def write_decode_report(result: dict, json_path: Path) -> tuple[Path, Path, Path
     for name, r in result["backends"].items():
         label = LABELS[name].format(p=p)
         if r is None:
-            rows.append([label, None, None, None, None])
+            rows.append([label, None, None, None, None, None])
         else:
-            rows.append([label, r["tokens_per_s"], r["ttft_s"] * 1000, r["tpot_s"] * 1000, r["peak_rss_mb"]])
+            rows.append([label, r["tokens_per_s"], r["ttft_s"] * 1000, r["tpot_s"] * 1000, r["peak_rss_mb"],
+                         r.get("peak_rss_added_mb")])
     h = result["headline"]
     c = result["config"]
     summary = (f"Our AR decode at the default precision ({p}): **{h['ours_tokens_per_s']:.1f} tokens/s**, "
@@ -284,12 +306,15 @@ def write_decode_report(result: dict, json_path: Path) -> tuple[Path, Path, Path
     if h["ratio_to_llamacpp"]:
         summary += f"llama.cpp on the same GGUF: {h['llamacpp_tokens_per_s']:.1f} tokens/s (ours = " \
                    f"{h['ratio_to_llamacpp']:.2f}× llama.cpp)."
-    table = markdown_table(["backend", "tokens/s", "TTFT ms", "TPOT ms", "peak RSS MiB"], rows, digits=1)
+    table = markdown_table(["backend", "tokens/s", "TTFT ms", "TPOT ms", "peak RSS MiB", "added RSS MiB"], rows,
+                           digits=1)
     how = (f"{c['n_prompts']} Spec-Bench prompts (first question of each of {c['n_prompts']} categories), "
            f"{c['max_new_tokens']} new "
            f"tokens each (EOS ignored), greedy, median of {c['repeats']} runs; "
            f"{result['machine']['threads']} threads; {result['machine']['processor']}. Peak RSS is sampled "
-           "during each backend's phase of the same process (backends run in turn, earlier ones freed).")
+           "during each backend's phase of the same process (backends run in turn, earlier ones freed); added RSS = "
+           "peak minus the RSS when the backend's phase began (what earlier backends left behind is not counted). "
+           "Every backend decodes exactly the same number of tokens per prompt.")
     md = write_markdown(json_path.with_suffix(".md"), "Decode benchmark", [
         ("", summary), ("Results", table), *_engine_sections(result), ("Method", how),
         ("Reproduce", f"`leaninfer bench decode --json {json_path}`"),

@@ -30,9 +30,16 @@ def _tau(point: dict, gamma: int | None = None) -> float:
 
 def write_draft_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]:
     json_path = write_json(json_path, result)
-    rows = []
+    rows, starts = [], []
     for kind, d in result["drafts"].items():
         last = d["curve"][-1]
+        init = d["train_config"].get("init_from")
+        if init:  # its minutes are on top of the draft it started from
+            base = Path(init).name
+            starts.append(f"`{kind}` starts from the trained `{base}` draft"
+                          + (f" ({result['drafts'][base]['train_seconds'] / 60:.0f} min, its row)"
+                             if base in result["drafts"] else "")
+                          + "; its own row counts only the training after that.")
         rows.append([kind, d["steps"], d["train_tokens"], d["train_seconds"] / 60,
                      f"{100 * d['draft_vocab_coverage']:.1f}%", last["acc_by_depth"][0], _tau(last, 3),
                      _tau(last), len(last["acc_by_depth"])])
@@ -44,7 +51,10 @@ def write_draft_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]
         ("Method", "Offline chain τ: on held-out self-distillation examples, 1 + the mean number of leading "
                    "draft guesses (teacher-forced on the true earlier tokens) that equal the target's greedy "
                    "token, i.e. what greedy chain drafting would accept. It is measured at every checkpoint, "
-                   "so the curve shows what more training buys. Decoding speed is in reports/spec.md."),
+                   "so the curve shows what more training buys. Decoding speed is in reports/spec.md."
+                   + "".join(f" {x}" for x in starts)
+                   + f" Every draft trains on the same {d['train_examples']} self-distillation examples and is "
+                   f"scored on {d['train_config']['heldout']} held-out ones."),
         ("Reproduce", "`leaninfer draft data` then `leaninfer draft train --kind KIND`, then "
                       f"`leaninfer draft report --json {json_path}`"),
     ])

@@ -132,6 +132,9 @@ def _setup_text(r: dict) -> str:
         f"each; MC: {len(r['dense']['preds'])} items, {c['test']['n_choices']} choices, context "
         f"{c['test']['ctx_len']} / continuation {c['test']['cont_len']} tokens.",
         f"- Dense model: test ppl {r['dense']['ppl']:.3f}, MC acc {r['dense']['acc'] * 100:.1f}%.",
+        "- Test was used once for a design choice: the switch of the SFT loss from CE to KD (docs/moe.md) was "
+        "decided on an earlier session's test perplexities of CE runs, not on validation. The runs reported here "
+        "were not tuned on test; only the RoE grid is chosen, on validation.",
     ]
     m, sp = r["machine"], r["speed"]
     lines.append(f"- Machine: {m.get('processor', '')}, {m.get('cores')} cores, shared with other engineers' jobs "

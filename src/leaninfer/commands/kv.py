@@ -54,7 +54,6 @@ def bench_kv(
 def ask(
     question: Annotated[list[str], typer.Option("--question", "-q", help="Question(s) about the conversation.")],
     conversation: Annotated[int, typer.Option(min=0, help="LoCoMo conversation index.")] = 0,
-    skip: Annotated[Optional[int], typer.Option(min=0, help="Leave out the first N conversations.")] = None,
     max_sessions: Annotated[Optional[int], typer.Option(min=1)] = 2,
     ratio: Annotated[float, typer.Option(min=1.0, help="Compression ratio of the KV budget.")] = 4.0,
     episodes: Annotated[int, typer.Option(min=1)] = 2,

@@ -59,11 +59,17 @@ def predict_speedup(t: StepTimes, tau: float, hit_rate: float, ar_token_s: float
     return tau * ar_token_s / predict_step_s(t, hit_rate, overlap)
 
 
+def hit_rate(stats: dict) -> float:
+    """The one definition of Mirror-SD's hit rate: the share of steps whose draft window came from a rollout
+    branch, i.e. 1 - misses / steps (a miss pays a serial re-draft; the first window of a generation is one)."""
+    return 1.0 - float(stats["misses"]) / max(float(stats["steps"]), 1.0)
+
+
 def from_stats(stats: dict, n_tokens: int) -> tuple[StepTimes, float, float]:
-    """Per-step means, hit rate and tau from a `decode_mirror` run's stats (its `.extra`) and token count.
-    The hit rate is 1 - misses / steps (the first window of a generation is a miss too)."""
+    """Per-step means, hit rate (`hit_rate`) and tau from a `decode_mirror` run's stats (its `.extra`) and token
+    count."""
     steps = max(float(stats["steps"]), 1.0)
     misses = float(stats["misses"])
     t = StepTimes(stats["prefix_s"] / steps, stats["suffix_s"] / steps, stats["draft_refresh_s"] / steps,
                   stats["draft_rollout_s"] / steps, stats["redraft_s"] / max(misses, 1.0), stats["accept_s"] / steps)
-    return t, 1.0 - misses / steps, max(n_tokens - 1, 1) / steps
+    return t, hit_rate(stats), max(n_tokens - 1, 1) / steps

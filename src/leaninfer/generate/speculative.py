@@ -15,6 +15,7 @@ from leaninfer.generate.proposers.base import Proposer
 from leaninfer.generate.sampling import SamplingConfig, logits_to_probs, make_generator, next_token
 from leaninfer.generate.tree import verify_tree_greedy, verify_tree_sampling, verify_tree_typical
 from leaninfer.generate.verify import verify_greedy, verify_sampling
+from leaninfer.models.attention import check_exact_block
 from leaninfer.models.transformer import Decoder
 
 # step(cache, context, pending, budget, generator) -> (emitted tokens, drafts proposed, drafts accepted)
@@ -39,6 +40,7 @@ def speculate(
     prompt plus every emitted token except the pending one (the first token not yet in the target cache).
     `on_prefill(out, first_token)` receives the prefill's `ForwardOut` (with `prefill_taps` hidden states).
     `ctx` (optional) brings the cache (which may already hold `ctx.cached` prompt tokens) and the routing."""
+    check_exact_block(extra_slots)  # extra_slots = the longest block one step verifies
     device = model.embed.weight.device
     gen = make_generator(sampling.seed, device)
     ctx = ctx or DecodeContext(model)

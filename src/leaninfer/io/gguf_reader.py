@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from leaninfer.io import ModelLoadError
+from leaninfer.io.hf import context_cap
 from leaninfer.models.config import ModelConfig
 
 _TENSORS = {
@@ -71,7 +72,7 @@ def gguf_config(reader) -> ModelConfig:
         rope_theta=g("rope.freq_base", 10000.0), tie_embeddings="output.weight" not in names,
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_ids=[_field(reader, "tokenizer.ggml.eos_token_id", 1)],
-        max_seq_len=min(int(g("context_length", 8192)), 32768),
+        max_seq_len=context_cap(int(g("context_length", 8192))),
     )
     if arch == "gemma3":
         # llama.cpp's gemma3 graph: every 6th layer is global, local layers use RoPE base 10000,

@@ -7,7 +7,9 @@ parameter names (HF names are also what the GGUF reader produces, so both loader
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import re
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import torch
 
 from leaninfer.io import ModelLoadError
 from leaninfer.models.config import ModelConfig
+
+log = logging.getLogger(__name__)
+MAX_SEQ_LEN = 32768
 
 _FAMILIES = {
     "gemma3_text": "gemma3",
@@ -28,17 +33,36 @@ _FAMILIES = {
 }
 
 
-def _rope(d: dict, kind: str | None = None) -> tuple[float | None, float]:
-    """(rope_theta, linear scaling factor) from a v4 (`rope_theta`) or v5 (`rope_parameters`) config."""
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def _rope(d: dict, kind: str | None = None) -> tuple[float | None, float, dict[str, float] | None]:
+    """(rope_theta, linear scaling factor, llama3 scaling or None) from a v4 (`rope_theta`) or v5
+    (`rope_parameters`) config."""
     params = d.get("rope_parameters") or {}
     if kind and kind in params:
         params = params[kind]
     theta = params.get("rope_theta", d.get("rope_theta"))
     scaling = params if params.get("rope_type") else (d.get("rope_scaling") or {})
     rtype = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
-    if rtype not in ("default", "linear"):
-        raise ModelLoadError(f"RoPE scaling type {rtype!r} is not supported (supported: default, linear)")
-    return theta, float(scaling.get("factor", 1.0)) if rtype == "linear" else 1.0
+    if rtype not in ("default", "linear", "llama3"):
+        raise ModelLoadError(f"RoPE scaling type {rtype!r} is not supported (supported: default, linear, llama3)")
+    if rtype == "llama3":
+        missing = [k for k in LLAMA3_KEYS if k not in scaling]
+        if missing:
+            raise ModelLoadError(f"llama3 RoPE scaling is missing {missing}")
+        return theta, 1.0, {k: float(scaling[k]) for k in LLAMA3_KEYS}
+    return theta, float(scaling.get("factor", 1.0)) if rtype == "linear" else 1.0, None
+
+
+def context_cap(n: int) -> int:
+    """The longest context we allocate for: the checkpoint's own limit, capped at LEANINFER_MAX_SEQ_LEN
+    (default 32768) so that caches and RoPE tables stay small on a CPU; the cap is logged, never silent."""
+    cap = int(os.environ.get("LEANINFER_MAX_SEQ_LEN", MAX_SEQ_LEN))
+    if n > cap:
+        log.warning("context capped at %d tokens (the checkpoint allows %d); set LEANINFER_MAX_SEQ_LEN to change it",
+                    cap, n)
+    return min(n, cap)
 
 
 def config_from_hf(d: dict) -> ModelConfig:
@@ -65,10 +89,10 @@ def config_from_hf(d: dict) -> ModelConfig:
         tie_embeddings=bool(d.get("tie_word_embeddings", False)),
         bos_token_id=d.get("bos_token_id"),
         eos_token_ids=[eos] if isinstance(eos, int) else list(eos or []),
-        max_seq_len=min(int(d.get("max_position_embeddings", 8192)), 32768),
+        max_seq_len=context_cap(int(d.get("max_position_embeddings", 8192))),
     )
-    theta, factor = _rope(d, "full_attention" if arch == "gemma3" else None)
-    common.update(rope_theta=theta or 10000.0, rope_scaling_factor=factor)
+    theta, factor, llama3 = _rope(d, "full_attention" if arch == "gemma3" else None)
+    common.update(rope_theta=theta or 10000.0, rope_scaling_factor=factor, rope_llama3=llama3)
     act = d.get("hidden_activation") or d.get("hidden_act", "silu")
     common["act"] = "gelu_tanh" if act in ("gelu_pytorch_tanh", "gelu_tanh") else "silu"
     if act not in ("silu", "gelu_pytorch_tanh", "gelu_tanh"):
@@ -76,7 +100,7 @@ def config_from_hf(d: dict) -> ModelConfig:
     if arch == "gemma3":
         if d.get("final_logit_softcapping") or d.get("attn_logit_softcapping"):
             raise ModelLoadError("logit soft-capping is not supported")
-        local, _ = _rope(d, "sliding_attention")
+        local, _, _ = _rope(d, "sliding_attention")
         types = d.get("layer_types") or [
             "full_attention" if (i + 1) % d.get("sliding_window_pattern", 6) == 0 else "sliding_attention"
             for i in range(n_layers)

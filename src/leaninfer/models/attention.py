@@ -6,6 +6,8 @@ left-padded batches, rolled-back caches and custom masks (token trees, mask bloc
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,13 +34,31 @@ class RMSNorm(nn.Module):
         return (xf * (self.offset + self.weight.float())).to(x.dtype)
 
 
-def rope_table(base: float, head_dim: int, max_len: int, scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables (max_len, head_dim) in fp32 for the rotate-half RoPE convention."""
+def rope_table(base: float, head_dim: int, max_len: int, scaling: float = 1.0,
+               llama3: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (max_len, head_dim) in fp32 for the rotate-half RoPE convention; `scaling` divides positions
+    (linear interpolation), `llama3` rescales the frequencies as Llama 3.x does (`llama3_inv_freq`)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if llama3 is not None:
+        inv_freq = llama3_inv_freq(inv_freq, **llama3)
     t = torch.arange(max_len, dtype=torch.float32) / scaling
     freqs = torch.outer(t, inv_freq)  # (S, D/2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (S, D)
     return emb.cos(), emb.sin()
+
+
+def llama3_inv_freq(inv_freq: torch.Tensor, factor: float, low_freq_factor: float, high_freq_factor: float,
+                    original_max_position_embeddings: float) -> torch.Tensor:
+    """Llama 3.x RoPE scaling: wavelengths longer than original_len / low_freq_factor are stretched by `factor`,
+    those shorter than original_len / high_freq_factor are kept, and the band between is interpolated."""
+    old_len = original_max_position_embeddings
+    wavelen = 2 * math.pi / inv_freq  # (D/2,)
+    low_wavelen, high_wavelen = old_len / low_freq_factor, old_len / high_freq_factor
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -87,7 +107,18 @@ def build_mask(
     return mask[:, None]
 
 
-ROW_INVARIANT_MAX_T = 16
+EXACT_MAX_T = 64
+"""Blocks of at most this many new tokens are computed exactly as one-token decoding computes them (attention
+here, MoE experts in models/moe.py), at every precision. Longer blocks are prompt prefills, which no decoding
+path recomputes token by token; they take the fast fused kernels. Speculation refuses longer verification blocks
+(`check_exact_block`)."""
+
+
+def check_exact_block(n: int, what: str = "a verification block") -> None:
+    """Raise when `n` new tokens in one target forward exceed what the exact (row-invariant) path covers."""
+    if n > EXACT_MAX_T:
+        raise ValueError(f"{what} of {n} tokens is longer than {EXACT_MAX_T}, the longest block the target verifies "
+                         "exactly as plain decoding (lossless); use fewer draft tokens or tree nodes")
 
 
 def row_invariant_attention(q, k, v, mask, scale) -> torch.Tensor:
@@ -134,7 +165,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(nkv * hd, cfg.norm_eps, cfg.norm_offset)
         self.sliding = cfg.layer_types[layer] == "sliding"
         self.split = [nh * hd, nkv * hd, nkv * hd]
-        self.row_invariant = False  # set by quantize_model: see row_invariant_attention
+        self.row_invariant = True  # blocks up to EXACT_MAX_T: see row_invariant_attention
 
     def forward(
         self,
@@ -179,7 +210,7 @@ class Attention(nn.Module):
         fast = kernels.row_attention(q, k, v, mask, cfg.scale) if self.row_invariant else None
         if fast is not None:  # C++ row-invariant fp32 attention, any block length
             out = fast
-        elif self.row_invariant and T <= ROW_INVARIANT_MAX_T:
+        elif self.row_invariant and T <= EXACT_MAX_T:
             out = row_invariant_attention(q, k.to(q.dtype), v.to(q.dtype), mask, cfg.scale)
         else:
             out = F.scaled_dot_product_attention(

@@ -29,6 +29,9 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_theta_local: float | None = None  # RoPE base of sliding-window layers (Gemma 3); None = rope_theta
     rope_scaling_factor: float = 1.0  # linear position interpolation
+    # Llama 3.x "llama3" frequency scaling of the global RoPE base: factor, low_freq_factor, high_freq_factor,
+    # original_max_position_embeddings (None = not used)
+    rope_llama3: dict[str, float] | None = None
     sliding_window: int | None = None
     layer_types: list[str] = field(default_factory=list)  # "full" or "sliding" per layer
     qk_norm: str = "none"  # "none" | "head" (per head, Gemma 3) | "full" (over all heads, OLMoE)
@@ -70,6 +73,12 @@ class ModelConfig:
             raise ValueError(f"qk_norm must be none|head|full, got {self.qk_norm!r}")
         if self.act not in ("silu", "gelu_tanh"):
             raise ValueError(f"act must be silu|gelu_tanh, got {self.act!r}")
+        if self.rope_llama3 is not None:
+            keys = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+            if set(self.rope_llama3) != keys:
+                raise ValueError(f"rope_llama3 needs exactly {sorted(keys)}, got {sorted(self.rope_llama3)}")
+            if self.rope_llama3["high_freq_factor"] <= self.rope_llama3["low_freq_factor"]:
+                raise ValueError("rope_llama3: high_freq_factor must exceed low_freq_factor")
         if self.is_moe and not (0 < self.top_k <= self.n_experts):
             raise ValueError(f"MoE needs 0 < top_k <= n_experts, got top_k={self.top_k}, n_experts={self.n_experts}")
 

@@ -101,7 +101,8 @@ class Decoder(nn.Module):
         table = self._rope.get(base)
         if table is None or table[0].shape[0] < need or table[0].device != positions.device:
             n = max(need, min(self.cfg.max_seq_len, 4096))
-            cos, sin = rope_table(base, self.cfg.head_dim, n, self.cfg.rope_scaling_factor)
+            llama3 = self.cfg.rope_llama3 if base == self.cfg.rope_theta else None  # global base only
+            cos, sin = rope_table(base, self.cfg.head_dim, n, self.cfg.rope_scaling_factor, llama3)
             table = self._rope[base] = (cos.to(positions.device), sin.to(positions.device))
         p = positions.clamp_min(0)
         return table[0][p], table[1][p]  # (B, T, D)

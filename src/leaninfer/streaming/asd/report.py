@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from leaninfer.bench.report import fmt, markdown_table, write_markdown, write_plot
+from leaninfer.streaming.asd.bench import zero_lookahead
 
 
 def _split(k: str) -> tuple[str, str]:
@@ -22,11 +23,16 @@ def _grid_table(grid: dict[str, float], digits: int = 2) -> str:
 def _verdicts(payload: dict) -> str:
     a, h = payload["analysis"], payload["headline"]
     best = a["best_bounded_small_future"]
+    zero = zero_lookahead(h)
     lines = [
-        f"* Constrained vs uni-GRU: the best transformer with bounded past and F <= 2 is `P,F = {best['key']}` "
-        f"with mAP {fmt(best['map'])} vs uni-GRU {fmt(best['gru_uni_map'])}: "
-        f"**{'matches or beats' if best['matches_or_beats_gru_uni'] else 'does not reach'}** the uni-GRU "
-        f"(bi-GRU {fmt(h['gru_bi_map'])}, unconstrained transformer {fmt(h['full_transformer_map'])}).",
+        "* Benchmark: synthetic scenes (rendered faces, espeak speech); no real video.",
+        f"* Equal look-ahead (zero): the band transformer's bounded-past F = 0 cells score {fmt(zero['min_map'])} to "
+        f"{fmt(zero['max_map'])} vs uni-GRU {fmt(zero['gru_uni_map'])}: "
+        f"**{'a cell reaches' if zero['any_cell_reaches_gru_uni'] else 'no cell reaches'}** the uni-GRU (cells are "
+        "not chosen; the best one is picked on test, so this is the transformer's optimistic side).",
+        f"* With look-ahead the GRU does not have (no GRU with the same delay was run): the best bounded-past cell "
+        f"with F <= 2 is `P,F = {best['key']}` at {fmt(best['map'])} (picked on test mAP; bi-GRU "
+        f"{fmt(h['gru_bi_map'])}, unconstrained transformer {fmt(h['full_transformer_map'])}).",
         f"* Past vs future: with F = 0, going from P = 0 to the largest finite P gains {fmt(a['past_gain_F0'])} "
         f"mAP points; with P = 0, going from F = 0 to the largest F gains {fmt(a['future_gain_P0'])}.",
     ]
@@ -89,8 +95,8 @@ def _seed_section(payload: dict, others: list[dict]) -> str:
     rows = [[k.replace("_map", "")] + [r["headline"][k] for r in runs] for k in keys]
     grid_keys = payload["headline"]["map_grid"]
     rows += [[f"band P,F={k}"] + [r["headline"]["map_grid"].get(k) for r in runs] for k in grid_keys]
-    beats = [r["analysis"]["best_bounded_small_future"]["matches_or_beats_gru_uni"] for r in runs]
-    verdicts = [["constrained (F<=2) >= uni-GRU"] + beats,
+    beats = [zero_lookahead(r["headline"])["any_cell_reaches_gru_uni"] for r in runs]
+    verdicts = [["some F=0 cell >= uni-GRU (equal look-ahead)"] + beats,
                 ["past matters more (matched budgets)"] + [r["analysis"]["past_matters_more"] for r in runs]]
     return markdown_table(["mAP"] + [f"seed {s}" for s in seeds], rows + verdicts)
 
