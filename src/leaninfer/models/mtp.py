@@ -178,12 +178,10 @@ class MTPAdapter(nn.Module):
                     parts = [self.loras[f"{i}_{s}"] for s in slots]
                     mod._modules[attr] = GatedLinear(base, parts, self.scale, self.gate_state)
                     swapped.append((mod, attr, base))
-        old = attention_mod.ROW_INVARIANT_MAX_T
-        attention_mod.ROW_INVARIANT_MAX_T = max(old, max_rows)
+        attention_mod.check_exact_block(max_rows, "an MTP block")  # attention is exact up to EXACT_MAX_T rows
         try:
             yield self
         finally:
-            attention_mod.ROW_INVARIANT_MAX_T = old
             for mod, attr, base in swapped:
                 mod._modules[attr] = base
             self.gate_state.rows = None

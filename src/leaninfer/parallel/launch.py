@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,13 +32,14 @@ def _threads(world: int, threads: int | None) -> int:
 
 
 def _rank_main(rank: int, fn: Callable, world: int, port: int, timeout_s: float, threads: int, out: str,
-               args: tuple) -> None:
+               results, received, args: tuple) -> None:
     torch.set_num_threads(threads)
     try:
         comm = init_gloo(rank, world, "127.0.0.1", port, timeout_s)
         result = fn(comm, *args)
-        if rank == 0:
-            Path(out).write_bytes(pickle.dumps(result))
+        if rank == 0:  # over a pipe to the parent, never through a file another process could write
+            results.put(result)
+            received.wait(timeout_s)  # tensors travel as shared memory: stay alive until the parent has them
     except BaseException as e:  # leave the cause for the parent, which reports the first rank that failed
         Path(out).with_name(f"rank{rank}.err").write_text(f"rank {rank}: {type(e).__name__}: {e}")
         raise
@@ -61,13 +61,24 @@ def run_ranks(fn: Callable[..., Any], world: int, *args, timeout_s: float = DEFA
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="leaninfer-tp-") as tmp:
-        out = os.path.join(tmp, "rank0.pkl")
+        out = os.path.join(tmp, "rank0")
+        spawn_ctx = mp.get_context("spawn")
+        results, received = spawn_ctx.SimpleQueue(), spawn_ctx.Event()
+        got: list = []
         try:
-            mp.spawn(_rank_main, args=(fn, world, free_port(), timeout_s, _threads(world, threads), out, args),
-                     nprocs=world, join=True)
+            procs = mp.spawn(_rank_main, nprocs=world, join=False, args=(
+                fn, world, free_port(), timeout_s, _threads(world, threads), out, results, received, args))
+            while not procs.join(timeout=0.05):  # take the result while rank 0 waits for it
+                if not got and not results.empty():
+                    got.append(results.get())
+                    received.set()
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
             raise TPLaunchError(f"tensor-parallel run failed: {_cause(tmp, e)}") from None
-        return pickle.loads(Path(out).read_bytes())
+        if not got and not results.empty():
+            got.append(results.get())
+        if not got:
+            raise TPLaunchError("tensor-parallel run ended without a result from rank 0")
+        return got[0]
 
 
 def _cause(tmp: str, e: Exception) -> str:

@@ -131,7 +131,7 @@ def decode_mtp(
         for j in range(n):
             state["tried"][j] += 1
             state["by_pos"][j] += int(j < a)
-        cache.keep(start, start + real[: a + 1].cpu())
+        cache.keep_path(start, start + real[: a + 1].cpu())
         anchor = a if quadratic else (n if a == n else None)
         t2 = time.perf_counter()
         if anchor is None:
