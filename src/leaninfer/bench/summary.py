@@ -51,8 +51,12 @@ def _decode_row(reports: Path):
     return ("Decoder runtime (Gemma 3, Llama/Qwen2/Mistral, OLMoE/Qwen2-MoE/Mixtral), GGUF + HF loaders",
             _status(missed, note),
             f"AR decode {_f(h['ours_tokens_per_s'], '{:.1f}')} tok/s at {h['ours_precision']} = "
-            f"{_f(h['speedup_vs_hf'])}× transformers fp32 ({_f(h['hf_tokens_per_s'], '{:.1f}')} tok/s){lc}; ours at "
-            f"fp32 {_f(h.get('ours_fp32_tokens_per_s'), '{:.1f}')} tok/s ([decode](reports/decode.md))")
+            f"{_f(h['speedup_vs_hf'])}× transformers fp32 ({_f(h['hf_tokens_per_s'], '{:.1f}')} tok/s){lc}"
+            + (f"; ours at fp32 {_f(h['ours_fp32_tokens_per_s'], '{:.1f}')} tok/s" if h.get("ours_fp32_tokens_per_s")
+               else "")
+            + (f"; verify 8/16 tokens = {_f(h['verify_cost_ratio']['8'])}×/{_f(h['verify_cost_ratio']['16'])}× a "
+               f"step; Δppl vs fp32 {h['ppl_delta_pct']:+.2f}%" if h.get("verify_cost_ratio") else "")
+            + " ([decode](reports/decode.md), [engine](docs/engine.md))")
 
 
 def _precision_row(reports: Path):
