@@ -282,6 +282,11 @@ def load_adapter(folder: Path) -> MTPAdapter:
     return load_adapter_state(MTPConfig(**meta["config"]), load_file(str(folder / meta["file"])))
 
 
+def _model_name(folder_name: str) -> str:
+    """A converted model's folder name without its cache-key suffix (the key scheme may change between versions)."""
+    return folder_name.rsplit("-", 1)[0]
+
+
 def find_adapter(source: str | Path, model_cfg) -> MTPAdapter:
     """The user-cache adapter of this target if trained, else the shipped asset when it was trained for a
     model of this name and shape."""
@@ -292,6 +297,7 @@ def find_adapter(source: str | Path, model_cfg) -> MTPAdapter:
         meta = json.loads(manifest.read_text())
         target = meta.get("target", {})
         same = all(target.get(f) == getattr(model_cfg, f) for f in ("vocab_size", "dim", "n_layers"))
-        if same and (folder != asset_dir() or target.get("name") == Path(str(source)).name):
+        shipped_for_it = _model_name(target.get("name", "")) == _model_name(Path(str(source)).name)
+        if same and (folder != asset_dir() or shipped_for_it):
             return load_adapter(folder)
     raise FileNotFoundError(f"no MTP adapter for {source}: train one with `leaninfer draft train --kind mtp`")
