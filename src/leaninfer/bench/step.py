@@ -54,13 +54,18 @@ def prefill_ms(model, ids: list[int], repeats: int = 3) -> float:
         return 1000 * median([_timed(run) for _ in range(repeats)])
 
 
+def _packed_bytes(mod: QuantLinear) -> int:
+    """Bytes of a quantised linear's own buffers (packed weights and scales)."""
+    return sum(b.numel() * b.element_size() for b in mod.buffers(recurse=False))
+
+
 def weight_bytes(model) -> dict:
     """Bytes read per decode step: quantised linears (packed weights + scales), the head, everything else
     that a step touches (norms; embedding rows are one row per token and not counted)."""
     layers = head = 0
     for name, mod in model.named_modules():
         if isinstance(mod, QuantLinear):
-            n = sum(b.numel() * b.element_size() for b in mod.buffers(recurse=False))
+            n = _packed_bytes(mod)
             n += mod.bias.numel() * 4 if mod.bias is not None else 0
             if name == "lm_head":
                 head += n
@@ -105,7 +110,7 @@ def kernel_roofline(model, repeats: int = 7) -> list[dict]:
 
             sweep()
             t = median([sweep() for _ in range(repeats)])
-            nbytes = sum(b.numel() * b.element_size() for m in mods for b in m.buffers(recurse=False))
+            nbytes = sum(_packed_bytes(m) for m in mods)
             m0 = mods[0]
             rows.append({"kernel": kind, "shape": f"{m0.out_features}x{m0.in_features}", "count": len(mods),
                          "mb": nbytes / 1e6, "ms": 1000 * t, "gb_per_s": nbytes / t / 1e9})
