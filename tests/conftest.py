@@ -1,7 +1,13 @@
 """Shared pytest set-up: the `slow` tier (real default model, long runs) runs only with --runslow."""
 
+import os
+
 import pytest
 import torch
+
+from leaninfer.paths import cache_dir
+
+_KERNELS_DIR = os.environ.get("LEANINFER_KERNELS_DIR") or cache_dir("kernels")
 
 
 def pytest_addoption(parser):
@@ -26,4 +32,7 @@ def _seed():
 def _private_cache(request, tmp_path_factory, monkeypatch):
     """Fast tests write converted/quantised weights to a temporary cache; slow tests use the user cache."""
     if "slow" not in request.keywords:
+        # the C++ kernels stay where collection built them, so spawned ranks and CLI subprocesses load that
+        # library instead of compiling their own copy (two TP ranks used to race one build)
+        monkeypatch.setenv("LEANINFER_KERNELS_DIR", str(_KERNELS_DIR))
         monkeypatch.setenv("LEANINFER_CACHE", str(tmp_path_factory.getbasetemp() / "leaninfer-cache"))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from leaninfer.generate.sampling import SamplingConfig, logits_to_probs, make_generator, next_token
+from leaninfer.generate.sampling import SamplingConfig, logits_to_probs, make_generator, next_token, sample
 
 
 def test_greedy_is_argmax_one_hot():
@@ -43,3 +43,12 @@ def test_seeded_sampling_is_deterministic_and_matches_distribution():
 def test_bad_sampling_options(kw):
     with pytest.raises(ValueError):
         SamplingConfig(**kw)
+
+
+@pytest.mark.parametrize("temperature", [3.6e-174, 5e-324, 1e-30])
+def test_a_tiny_temperature_is_a_valid_near_greedy_distribution(temperature):
+    """logits / 3.6e-174 overflowed to inf and softmax gave nan (found by the robustness fuzz)."""
+    logits = torch.tensor([[2.0, 7.0, -1.0, 7.0 - 1e-3]])
+    probs = logits_to_probs(logits, SamplingConfig(temperature=temperature))
+    assert torch.isfinite(probs).all() and probs[0, 1] == 1.0
+    assert int(sample(probs, torch.Generator().manual_seed(0))) == 1

@@ -87,7 +87,6 @@ def test_a_rank_that_vanishes_gives_an_error_not_a_hang():
         run_ranks(die_on_rank1, 2, "exit", timeout_s=10)
 
 
-@pytest.mark.slow  # passes alone; a rank aborted (SIGABRT) once late in the full default pass
 def test_cli_generate_tp2_prints_the_same_token_ids(tmp_path):
     from typer.testing import CliRunner
 

@@ -32,7 +32,11 @@ def logits_to_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     logits = logits.float()
     if cfg.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = logits / cfg.temperature
+    # Shift by the row max first, so a tiny temperature sends the others to -inf and never the max to inf
+    # (inf - inf = nan). Below fp32's smallest normal a temperature is greedy already (ties share the mass);
+    # the floor keeps it from rounding to 0 in fp32.
+    t = max(cfg.temperature, torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.amax(-1, keepdim=True)) / t
     if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

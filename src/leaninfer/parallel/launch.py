@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,17 +38,23 @@ def _rank_main(rank: int, fn: Callable, world: int, port: int, timeout_s: float,
     try:
         comm = init_gloo(rank, world, "127.0.0.1", port, timeout_s)
         result = fn(comm, *args)
+        comm.barrier()  # every rank is past its last collective before any rank leaves
         if rank == 0:  # over a pipe to the parent, never through a file another process could write
             results.put(result)
             received.wait(timeout_s)  # tensors travel as shared memory: stay alive until the parent has them
     except BaseException as e:  # leave the cause for the parent, which reports the first rank that failed
         Path(out).with_name(f"rank{rank}.err").write_text(f"rank {rank}: {type(e).__name__}: {e}")
-        raise
-    finally:
         import torch.distributed as dist
 
         if dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    # A finished rank leaves at once: tearing down gloo's worker threads in C++ static destructors while a
+    # peer closes its sockets can abort the process ("terminate called without an active exception") after
+    # the work is done. Nothing is left to flush but the standard streams.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(fn: Callable[..., Any], world: int, *args, timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -60,6 +67,9 @@ def run_ranks(fn: Callable[..., Any], world: int, *args, timeout_s: float = DEFA
         return fn(Comm(), *args)
     import torch.multiprocessing as mp
 
+    from leaninfer.models.kernels import native_available
+
+    native_available()  # build the C++ kernels once here, so the ranks only load them
     with tempfile.TemporaryDirectory(prefix="leaninfer-tp-") as tmp:
         out = os.path.join(tmp, "rank0")
         spawn_ctx = mp.get_context("spawn")

@@ -5,7 +5,7 @@ with one fp32 scale per 32-block, int32 dots, one fixed fp32 epilogue (see q8.cp
 (once, with the system compiler through `torch.utils.cpp_extension`, cached under the user cache). Otherwise
 `q8_matmul` runs the PyTorch reference `q8_matmul_reference` (the same arithmetic op for op: bit-identical), and
 attention, norms and RoPE run their PyTorch paths.
-`LEANINFER_KERNELS=reference` forces the reference.
+`LEANINFER_KERNELS=reference` forces the reference; `LEANINFER_KERNELS_DIR` moves the build folder.
 """
 
 from __future__ import annotations
@@ -59,26 +59,46 @@ def kernel_note() -> str:
     return "native AVX2" if _state["native"] else f"reference ({_state.get('note', '')})"
 
 
-def _build() -> None:
-    import hashlib
+SOURCES = ("q8.cpp", "attention.cpp", "fused.cpp")
 
-    from torch.utils.cpp_extension import load
+
+def build_dir() -> Path:
+    """The build folder, keyed on the sources' content (two checkouts or versions never rebuild each other's),
+    under `LEANINFER_KERNELS_DIR` when set, else the user cache's `kernels/`."""
+    import hashlib
 
     from leaninfer.paths import cache_dir
 
     here = Path(__file__).parent
-    sources = [here / "q8.cpp", here / "attention.cpp", here / "fused.cpp"]
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
-    # keyed on the sources' content, so two checkouts (or versions) never rebuild each other's library
-    build = cache_dir("kernels", f"torch-{torch.__version__.split('+')[0]}-{digest}")
-    load(
-        name="leaninfer_kernels",
-        sources=[str(p) for p in sources],
-        extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fno-fast-math"],
-        build_directory=str(build),
-        is_python_module=False,
-        verbose=False,
-    )
+    digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in SOURCES)).hexdigest()[:12]
+    name = f"torch-{torch.__version__.split('+')[0]}-{digest}"
+    root = os.environ.get("LEANINFER_KERNELS_DIR")
+    if root:
+        path = Path(root) / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return cache_dir("kernels", name)
+
+
+def _build() -> None:
+    from torch.utils.cpp_extension import load
+
+    from leaninfer.io.cachefs import file_lock
+
+    build = build_dir()
+    # Our lock is a kernel flock, released when its process dies. torch's own baton (a `lock` file it creates
+    # and deletes) outlives a killed build and would make every later build wait forever: holding our lock,
+    # nobody else is building, so a baton found now is stale.
+    with file_lock(build):
+        (build / "lock").unlink(missing_ok=True)
+        load(
+            name="leaninfer_kernels",
+            sources=[str(Path(__file__).parent / name) for name in SOURCES],
+            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fno-fast-math"],
+            build_directory=str(build),
+            is_python_module=False,
+            verbose=False,
+        )
 
 
 def pack_q8(q: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
