@@ -140,8 +140,11 @@ class KVPolicy:
 
         if self.press not in PRESSES:
             raise ValueError(f"unknown press {self.press!r}; available: {', '.join(sorted(PRESSES))}")
-        if self.budget < 1 or self.block < 1 or self.sinks < 0:
-            raise ValueError("kv budget and block must be >= 1, sinks >= 0")
+        from leaninfer.validate import check_int
+
+        check_int("kv budget", self.budget, 1)
+        check_int("kv block", self.block, 1)
+        check_int("kv sinks", self.sinks, 0, self.budget)
 
 
 @dataclass

@@ -136,6 +136,9 @@ def validate_request(request, cfg, prompt_len: int) -> None:
     validate_generate_args(request.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed, request.stop)
     validate_method_options(request.method.name, dict(request.method.options), cfg, prompt_len,
                             request.max_new_tokens, request.routing.moe_k, request.routing.roe)
+    if request.kv is not None:  # the press keeps at most the context; a larger budget or block means nothing
+        check_int("kv budget", request.kv.budget, 1, cfg.max_seq_len)
+        check_int("kv block", request.kv.block, 1, cfg.max_seq_len)
 
 
 def kv_cache_bytes(cfg, slots: int, batch: int = 1, bytes_per_value: int = 4) -> int:

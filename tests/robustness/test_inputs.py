@@ -173,3 +173,17 @@ def test_fuzz_generate_arguments(engine, prompt, max_new_tokens, temperature, to
         return
     assert len(out.token_ids) <= 4 and isinstance(out.text, str)
     assert all(0 <= t < engine.cfg.vocab_size for t in out.token_ids)
+
+
+@pytest.mark.parametrize("kv, error", [
+    ("snapkv:budget=0", ValueError), ("snapkv:budget=10000000", ValueError), ("snapkv:block=10000000", ValueError),
+    (dict(press="snapkv", budget=2.5), TypeError), (dict(press="snapkv", budget=True), TypeError),
+    (dict(press="snapkv", budget=8, sinks=9), ValueError),
+])
+def test_kv_budgets_are_typed_and_capped_at_the_context(engine, kv, error, monkeypatch):
+    def no_cache(*a, **k):
+        raise AssertionError("a cache was allocated before the KV policy was checked")
+
+    monkeypatch.setattr(type(engine.model), "new_cache", no_cache)
+    with pytest.raises(error, match="kv"):
+        engine.generate("w5 w6", max_new_tokens=2, kv=kv)
