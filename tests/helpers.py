@@ -148,19 +148,6 @@ def write_tiny_gguf(path, arch: str, quantize_embedding: bool = False):
     return hf
 
 
-def block_and_step_logits(model, toks, prefix: int = 6):
-    """Logits of toks[:, prefix:] run as one block after a prefix, and as one-token steps: (block, steps)."""
-    n = toks.shape[1]
-    with torch.inference_mode():
-        cache = model.new_cache(1, n + 8)
-        model(toks[:, :prefix], cache=cache)
-        block = model(toks[:, prefix:], cache=cache).logits  # n - prefix tokens at once
-        cache = model.new_cache(1, n + 8)
-        model(toks[:, :prefix], cache=cache)
-        steps = torch.cat([model(toks[:, i : i + 1], cache=cache).logits for i in range(prefix, n)], 1)
-    return block, steps
-
-
 @contextlib.contextmanager
 def row_by_row_linears():
     """Every nn.Linear and the LM head compute one row at a time (the one-token decode computation), whatever the

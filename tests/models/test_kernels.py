@@ -124,12 +124,11 @@ def test_w8a8_speculation_is_exact_beyond_16_tokens(tmp_path, method, opts):
 
 def test_w8a8_logits_of_a_block_equal_one_token_steps(tmp_path):
     import leaninfer
-    from helpers import block_and_step_logits, tiny_model_dir
+    from helpers import block_vs_steps, tiny_model_dir
 
     tiny_model_dir(tmp_path, "gemma3", head_dim=32)
     model = leaninfer.load(tmp_path, precision="w8a8").model
-    toks = torch.randint(3, 96, (1, 30))
-    block, steps = block_and_step_logits(model, toks)  # 24 tokens at once vs one at a time
+    block, steps = block_vs_steps(model, prompt_len=6, block=24)  # 24 tokens at once vs one at a time
     assert torch.equal(block, steps)
 
 

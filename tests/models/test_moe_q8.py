@@ -52,7 +52,7 @@ def _tiny(tmp_path, arch):
 
 @pytest.mark.parametrize("arch", MOE_ARCHES)
 def test_w8a8_moe_packs_experts_and_block_logits_equal_one_token_steps(tmp_path, arch):
-    from helpers import block_and_step_logits
+    from helpers import block_vs_steps
     from leaninfer.models.moe import MoE
     from leaninfer.models.moe_q8 import PackedExperts
 
@@ -61,7 +61,7 @@ def test_w8a8_moe_packs_experts_and_block_logits_equal_one_token_steps(tmp_path,
     moes = [m for m in model.modules() if isinstance(m, MoE)]
     assert moes and all(isinstance(m.packed, PackedExperts) and not hasattr(m, "gate_up") for m in moes)
     toks = torch.randint(3, 96, (1, 30), generator=torch.Generator().manual_seed(1))
-    block, steps = block_and_step_logits(model, toks)  # 24 tokens at once vs one at a time
+    block, steps = block_vs_steps(model, prompt_len=6, block=24, seed=1)  # 24 tokens at once vs one at a time
     assert torch.equal(block, steps)
     fp32 = __import__("leaninfer").load(tmp_path, precision="fp32").model
     with torch.inference_mode():
