@@ -227,6 +227,7 @@ def run_decode_bench(cfg: DecodeBenchConfig) -> dict:
         results[backend] = _time_runs(backend, fn, prompts, cfg, sampler)
         if backend == "ours" and cfg.engine_checks:
             engine_stats = _engine_checks(keep, prompts[0])
+            engine_stats["quality"] = _quality(cfg, keep, prompts)  # the timed engine, not a second load
         if backend == "llamacpp" and cfg.engine_checks:
             llama_ttft = {n: step.llamacpp_prefill_ms(keep, n) for n in (512, 2048)}
         del fn, keep
@@ -242,8 +243,8 @@ def run_decode_bench(cfg: DecodeBenchConfig) -> dict:
         "ratio_to_llamacpp": (ours["tokens_per_s"] / lc["tokens_per_s"]) if ours and lc else None,
         "precision": precision,
     }
-    if cfg.engine_checks:
-        quality = _quality(cfg, precision, prompts)
+    if engine_stats:
+        quality = engine_stats["quality"]
         headline.update({
             "verify_cost_ratio": engine_stats["verify"]["ratio"],
             "ppl_delta_pct": quality["ppl_delta_pct"],
@@ -251,7 +252,6 @@ def run_decode_bench(cfg: DecodeBenchConfig) -> dict:
             "ttft_ms_512": engine_stats["ttft_ms"]["512"], "ttft_ms_2048": engine_stats["ttft_ms"]["2048"],
             "llamacpp_ttft_ms_512": llama_ttft.get(512), "llamacpp_ttft_ms_2048": llama_ttft.get(2048),
         })
-        engine_stats["quality"] = quality
     return {
         "benchmark": "decode",
         "config": {**asdict(cfg), "questions": str(cfg.questions or "default"), "n_prompts": len(prompts)},
@@ -275,11 +275,11 @@ def _engine_checks(engine, prompt: str) -> dict:
     return stats
 
 
-def _quality(cfg, precision: str, prompts: list[str]) -> dict:
+def _quality(cfg, ours, prompts: list[str]) -> dict:
     import leaninfer
     from leaninfer.eval.perplexity import text_corpus
 
-    ours, ref = leaninfer.load(cfg.model, precision=precision), leaninfer.load(cfg.model, precision="fp32")
+    ref = leaninfer.load(cfg.model, precision="fp32")
     return step.quality_vs_fp32(ours, ref, text_corpus(limit=cfg.quality_texts), prompts[: cfg.quality_prompts])
 
 
