@@ -144,7 +144,7 @@ class KVPolicy:
 
         check_int("kv budget", self.budget, 1)
         check_int("kv block", self.block, 1)
-        check_int("kv sinks", self.sinks, 0, self.budget)
+        check_int("kv sinks", self.sinks, 0)
 
 
 @dataclass

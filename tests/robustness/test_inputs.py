@@ -178,7 +178,7 @@ def test_fuzz_generate_arguments(engine, prompt, max_new_tokens, temperature, to
 @pytest.mark.parametrize("kv, error", [
     ("snapkv:budget=0", ValueError), ("snapkv:budget=10000000", ValueError), ("snapkv:block=10000000", ValueError),
     (dict(press="snapkv", budget=2.5), TypeError), (dict(press="snapkv", budget=True), TypeError),
-    (dict(press="snapkv", budget=8, sinks=9), ValueError),
+    (dict(press="snapkv", budget=8, sinks=-1), ValueError), (dict(press="snapkv", sinks=1.0), TypeError),
 ])
 def test_kv_budgets_are_typed_and_capped_at_the_context(engine, kv, error, monkeypatch):
     def no_cache(*a, **k):

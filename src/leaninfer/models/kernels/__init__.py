@@ -60,17 +60,23 @@ def kernel_note() -> str:
 
 
 SOURCES = ("q8.cpp", "attention.cpp", "fused.cpp")
+# -fopenmp makes at::parallel_for (an inline OpenMP template) parallel inside the extension: without it the
+# pragma compiles away and every kernel ran on one thread. The library links libgomp.so.1, the soname torch
+# ships, so the loader reuses torch's OpenMP runtime (one thread pool).
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fno-fast-math", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 
 
 def build_dir() -> Path:
-    """The build folder, keyed on the sources' content (two checkouts or versions never rebuild each other's),
+    """The build folder, keyed on the sources' content and flags (two checkouts never rebuild each other's),
     under `LEANINFER_KERNELS_DIR` when set, else the user cache's `kernels/`."""
     import hashlib
 
     from leaninfer.paths import cache_dir
 
     here = Path(__file__).parent
-    digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in SOURCES)).hexdigest()[:12]
+    flags = " ".join(CFLAGS + LDFLAGS).encode()
+    digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in SOURCES) + flags).hexdigest()[:12]
     name = f"torch-{torch.__version__.split('+')[0]}-{digest}"
     root = os.environ.get("LEANINFER_KERNELS_DIR")
     if root:
@@ -94,7 +100,8 @@ def _build() -> None:
         load(
             name="leaninfer_kernels",
             sources=[str(Path(__file__).parent / name) for name in SOURCES],
-            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fno-fast-math"],
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=list(LDFLAGS),
             build_directory=str(build),
             is_python_module=False,
             verbose=False,
