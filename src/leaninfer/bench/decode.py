@@ -283,6 +283,18 @@ def _quality(cfg, ours, prompts: list[str]) -> dict:
     return step.quality_vs_fp32(ours, ref, text_corpus(limit=cfg.quality_texts), prompts[: cfg.quality_prompts])
 
 
+def reproduce_command(config: dict, json_path: Path) -> str:
+    """The CLI command that reruns a result's config (options left at their default are omitted)."""
+    default = asdict(DecodeBenchConfig())
+    cmd = f"leaninfer bench decode --json {json_path}"
+    for key in ("model", "max_new_tokens", "repeats", "quality_texts"):
+        if key in config and config[key] != default[key]:
+            cmd += f" --{key.replace('_', '-')} {config[key]}"
+    if config.get("backends", default["backends"]) != default["backends"]:
+        cmd += "".join(f" --backends {b}" for b in config["backends"])
+    return cmd
+
+
 LABELS = {"ours": "leaninfer AR ({p})", "ours_fp32": "leaninfer AR (fp32)", "hf": "transformers generate (fp32)",
           "llamacpp": "llama.cpp (Q4_K_M GGUF)"}
 
@@ -317,7 +329,7 @@ def write_decode_report(result: dict, json_path: Path) -> tuple[Path, Path, Path
            "Every backend decodes exactly the same number of tokens per prompt.")
     md = write_markdown(json_path.with_suffix(".md"), "Decode benchmark", [
         ("", summary), ("Results", table), *_engine_sections(result), ("Method", how),
-        ("Reproduce", f"`leaninfer bench decode --json {json_path}`"),
+        ("Reproduce", f"`{reproduce_command(c, json_path)}`"),
         ("Notes", "\n".join(f"- {k}: {v}" for k, v in result["notes"].items()) or "none"),
     ])
 

@@ -122,6 +122,7 @@ def bench_decode(
     max_new_tokens: Annotated[Optional[int], typer.Option(min=1)] = None,
     repeats: Annotated[Optional[int], typer.Option(min=1)] = None,
     backends: Annotated[Optional[list[str]], typer.Option(help="ours, ours_fp32, hf, llamacpp")] = None,
+    quality_texts: Annotated[Optional[int], typer.Option(min=1, help="Passages for the perplexity check.")] = None,
 ) -> None:
     """Our AR decode vs transformers generate vs llama.cpp: tokens/s, TTFT, TPOT, peak RSS."""
     from leaninfer.bench.decode import DecodeBenchConfig, run_decode_bench, write_decode_report
@@ -134,6 +135,8 @@ def bench_decode(
         cfg.repeats = repeats
     if backends:
         cfg.backends = backends
+    if quality_texts:
+        cfg.quality_texts = quality_texts
     result = run_decode_bench(cfg)
     paths = write_decode_report(result, json_path)
     print(paths[1].read_text())
