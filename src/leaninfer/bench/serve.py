@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -50,11 +51,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, path: str, timeout: float) -> None:
+def _wait_ready(port: int, proc: subprocess.Popen, path: str, timeout: float, log=None) -> None:
+    """Poll `path` until the server answers; `log` is the file holding its stderr (its last line goes into the
+    error when the server exits)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with code {proc.returncode}")
+            tail = []
+            if log is not None:
+                log.seek(0)
+                tail = log.read().decode(errors="replace").strip().splitlines()
+            raise RuntimeError(f"the server exited with code {proc.returncode}" + (f": {tail[-1]}" if tail else ""))
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", path)
@@ -135,7 +142,7 @@ def _server_cmd(backend: str, cfg: ServeBenchConfig, port: int) -> tuple[list[st
 
 def _llamacpp_available() -> bool:
     try:
-        import llama_cpp.server  # noqa: F401
+        import llama_cpp.server.app  # noqa: F401  (the [server] extra: the package alone imports without it)
     except Exception:
         return False
     return True
@@ -151,9 +158,12 @@ def run_serve_bench(cfg: ServeBenchConfig) -> dict:
     for backend in backends:
         port = _free_port()
         cmd, ready, extra = _server_cmd(backend, cfg, port)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+        # stderr to a file, never an unread pipe: llama.cpp logs more than a pipe buffer while loading and
+        # would block on a full pipe before it ever answers
+        log = tempfile.TemporaryFile()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ})
         try:
-            _wait_ready(port, proc, ready, cfg.start_timeout_s)
+            _wait_ready(port, proc, ready, cfg.start_timeout_s, log)
             stream_completion(port, {"prompt": prompts[0], "max_tokens": 4, "temperature": 0}, 120)  # warm-up
             pooled: dict[int, list] = {c: [] for c in cfg.clients}
             for _ in range(cfg.rounds):  # levels interleaved, so slow drifts of a shared machine hit all alike
@@ -168,6 +178,7 @@ def run_serve_bench(cfg: ServeBenchConfig) -> dict:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            log.close()
     return {"config": asdict(cfg), "machine": {**machine_info(), "load_average_1m_at_end": os.getloadavg()[0]},
             "results": results}
 
