@@ -34,18 +34,23 @@ class GenerationResult:
     finish_reason: str = "length"
 
 
+def end_token_ids(cfg, tokenizer: Tokenizer | None) -> set[int]:
+    """The tokens that end a generation: the config's and tokenizer's EOS ids and a chat model's <end_of_turn>."""
+    eos = set(cfg.eos_token_ids)
+    if tokenizer is not None:
+        eos |= set(tokenizer.eos_ids)
+        eot = tokenizer.token_id("<end_of_turn>")
+        if eot is not None:
+            eos.add(eot)
+    return eos
+
+
 class Engine:
     def __init__(self, model: Decoder, tokenizer: Tokenizer | None, precision: str, source: str = "",
                  threads: int | str = "auto") -> None:
         self.model, self.tokenizer, self.precision, self.source = model, tokenizer, precision, source
         self.threads = ThreadPolicy(threads)  # "auto": the cores other processes leave free (generate/threads.py)
-        eos = set(model.cfg.eos_token_ids)
-        if tokenizer is not None:
-            eos |= set(tokenizer.eos_ids)
-            eot = tokenizer.token_id("<end_of_turn>")
-            if eot is not None:
-                eos.add(eot)
-        self.eos_ids = eos
+        self.eos_ids = end_token_ids(model.cfg, tokenizer)
 
     def draft(self, kind: str):
         """The trained draft of `kind` ("eagle", "medusa", "hydra") for this target, from the user cache

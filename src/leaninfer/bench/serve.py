@@ -137,7 +137,15 @@ def _server_cmd(backend: str, cfg: ServeBenchConfig, port: int) -> tuple[list[st
     gguf = default_gguf() if cfg.model == "default" else Path(cfg.model)
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",
            str(port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1)]
-    return cmd, "/v1/models", {}
+    # its server has no ignore_eos: ban the end tokens instead, so both servers generate max_tokens per request
+    return cmd, "/v1/models", {"logit_bias": {str(t): -1e9 for t in _end_tokens(cfg.model)}}
+
+
+def _end_tokens(model: str) -> list[int]:
+    from leaninfer.engine import end_token_ids
+    from leaninfer.io.store import read_model_config, resolve
+
+    return sorted(end_token_ids(*read_model_config(resolve(model))))
 
 
 def _llamacpp_available() -> bool:
@@ -206,9 +214,10 @@ def write_serve_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]
     json_path = Path(json_path)
     result["scaling_vs_1_client"] = {b: scaling(levels) for b, levels in result["results"].items()}
     write_json(json_path, result)
-    headers = ["server", "clients", "requests", "tokens/s", "req/s", "TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms",
-               "TPOT p50 ms", "TPOT p90 ms", "TPOT p99 ms"]
-    rows = [[b, r["clients"], r["requests"], r["tokens_per_s"], r["requests_per_s"], r["ttft_p50_ms"],
+    headers = ["server", "clients", "requests", "tokens/request", "tokens/s", "req/s", "TTFT p50 ms", "TTFT p90 ms",
+               "TTFT p99 ms", "TPOT p50 ms", "TPOT p90 ms", "TPOT p99 ms"]
+    rows = [[b, r["clients"], r["requests"], r["output_tokens"] / r["requests"], r["tokens_per_s"],
+             r["requests_per_s"], r["ttft_p50_ms"],
              r["ttft_p90_ms"], r["ttft_p99_ms"], r["tpot_p50_ms"], r["tpot_p90_ms"], r["tpot_p99_ms"]]
             for b, levels in result["results"].items() for r in levels]
     c = result["config"]
@@ -220,9 +229,9 @@ def write_serve_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]
              f"max batch {c['max_batch']}. Throughput at the most clients vs one client: {ratios}.\n\n"
              f"Reproduce: `{_reproduce(c)}`\n\n"
              f"Machine: {result['machine']['processor']}, {result['machine']['cores']} cores, "
-             f"{result['machine']['date']}" + (f", load average {load:.1f} at the end (other jobs running: "
-                                               "the levels ran under different contention)"
-                                               if (load := result["machine"].get("load_average_1m_at_end")) else "")
+             f"{result['machine']['date']}" + (f", load average {load:.1f} at the end" + (
+                 " (other jobs running: the levels ran under different contention)" if load > 3 else "")
+                 if (load := result["machine"].get("load_average_1m_at_end")) else "")
              + ".")
     md = write_markdown(json_path.with_suffix(".md"), "Serving: throughput and latency vs concurrent clients",
                         [("", markdown_table(headers, rows, 1)), ("Notes", notes)])
