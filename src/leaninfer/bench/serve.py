@@ -136,7 +136,8 @@ def _server_cmd(backend: str, cfg: ServeBenchConfig, port: int) -> tuple[list[st
 
     gguf = default_gguf() if cfg.model == "default" else Path(cfg.model)
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",
-           str(port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1)]
+           str(port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1),
+           "--interrupt_requests", "False"]  # by default a new request cuts the running one short
     # its server has no ignore_eos: ban the end tokens instead, so both servers generate max_tokens per request
     return cmd, "/v1/models", {"logit_bias": {str(t): -1e9 for t in _end_tokens(cfg.model)}}
 
