@@ -228,6 +228,10 @@ def write_serve_report(result: dict, json_path: Path) -> tuple[Path, Path, Path]
              f"{c['requests']} requests per level and round ({c.get('rounds', 1)} rounds, levels interleaved); "
              f"model {c['model']}, precision {c['precision'] or 'default'}, "
              f"max batch {c['max_batch']}. Throughput at the most clients vs one client: {ratios}.\n\n"
+             + ("llama.cpp here is llama-cpp-python's OpenAI server on the same GGUF: it runs one sequence at a "
+                "time (requests queue; end tokens banned so every request has the same length), whereas "
+                "llama.cpp's native `llama-server` batches parallel slots and is not installed here.\n\n"
+                if "llama.cpp" in result["results"] else "") +
              f"Reproduce: `{_reproduce(c)}`\n\n"
              f"Machine: {result['machine']['processor']}, {result['machine']['cores']} cores, "
              f"{result['machine']['date']}" + (f", load average {load:.1f} at the end" + (
