@@ -171,3 +171,15 @@ def test_bench_mtp_on_tiny_model(tmp_path):
     assert len(result["methods"]["mtp"]["accept_by_position"]) == 4
     paths = write_mtp_report(result, tmp_path / "mtp.json")
     assert all(p.exists() for p in paths)
+
+
+def test_long_blocks_are_refused_for_verification_but_allowed_for_scoring(tmp_path):
+    """bench mtp scores 256-token passages with masks in one block (not a verification: no losslessness claim)."""
+    tiny_model_dir(tmp_path, "gemma3")
+    model = leaninfer.load(tmp_path, precision="fp32").model
+    ad = _adapter(model, k=4)
+    with pytest.raises(ValueError, match="longer than"):
+        with ad.attached(model, max_rows=500):
+            pass
+    with ad.attached(model, max_rows=500, lossless=False):
+        pass

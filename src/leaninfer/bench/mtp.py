@@ -64,7 +64,7 @@ def base_ppl_drift(engine, adapter, texts: list[str], max_len: int, anchor_every
                                                      reduction="sum"))
             lay = build_layout(ids, list(range(0, L - 2, anchor_every)), k)
             for mode, gate in modes.items():
-                with adapter.attached(model, max_rows=lay.tokens.numel()):
+                with adapter.attached(model, max_rows=lay.tokens.numel(), lossless=False):  # scoring, not verifying
                     adapter.gate(lay.mask_rows if gate is None else gate)
                     h = adapter.embed(model, lay.tokens[None], lay.slot[None])
                     hid = model(hidden=h, positions=lay.positions[None], block_mask=lay.block, logits=False).hidden

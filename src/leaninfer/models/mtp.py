@@ -160,10 +160,11 @@ class MTPAdapter(nn.Module):
 
     # --- patching ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def attached(self, model: Decoder, max_rows: int = 64):
+    def attached(self, model: Decoder, max_rows: int = 64, lossless: bool = True):
         """Wrap every attention / MLP projection of `model` while the block runs; restore them after. Inside,
         row-invariant attention (quantised models) also covers blocks of up to `max_rows` new tokens, so the
-        non-mask rows of a mask-carrying block compute what a short verification block computes."""
+        non-mask rows of a mask-carrying block compute what a short verification block computes. Blocks that
+        verify drafts (`lossless`) are refused beyond that; evaluation blocks (perplexity) are not."""
         if model.cfg.n_layers != self.cfg.n_layers or model.cfg.dim != self.cfg.dim:
             raise ValueError("this MTP adapter was trained for another model shape")
         swapped = []
@@ -178,7 +179,8 @@ class MTPAdapter(nn.Module):
                     parts = [self.loras[f"{i}_{s}"] for s in slots]
                     mod._modules[attr] = GatedLinear(base, parts, self.scale, self.gate_state)
                     swapped.append((mod, attr, base))
-        attention_mod.check_exact_block(max_rows, "an MTP block")  # attention is exact up to EXACT_MAX_T rows
+        if lossless:
+            attention_mod.check_exact_block(max_rows, "an MTP block")  # attention is exact up to EXACT_MAX_T rows
         try:
             yield self
         finally:
