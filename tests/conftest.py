@@ -1,13 +1,11 @@
 """Shared pytest set-up: the `slow` tier (real default model, long runs) runs only with --runslow."""
 
-import os
-
 import pytest
 import torch
 
-from leaninfer.paths import cache_dir
+from leaninfer.models.kernels import kernels_root
 
-_KERNELS_DIR = os.environ.get("LEANINFER_KERNELS_DIR") or cache_dir("kernels")
+_KERNELS_DIR = kernels_root()
 
 
 def pytest_addoption(parser):

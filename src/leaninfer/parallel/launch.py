@@ -44,10 +44,7 @@ def _rank_main(rank: int, fn: Callable, world: int, port: int, timeout_s: float,
             received.wait(timeout_s)  # tensors travel as shared memory: stay alive until the parent has them
     except BaseException as e:  # leave the cause for the parent, which reports the first rank that failed
         Path(out).with_name(f"rank{rank}.err").write_text(f"rank {rank}: {type(e).__name__}: {e}")
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        _leave_group()
         raise
     # A finished rank leaves at once: tearing down gloo's worker threads in C++ static destructors while a
     # peer closes its sockets can abort the process ("terminate called without an active exception") after
@@ -114,7 +111,11 @@ def in_group(fn: Callable[..., Any], *args, timeout_s: float = DEFAULT_TIMEOUT_S
     try:
         return fn(comm, *args)
     finally:
-        import torch.distributed as dist
+        _leave_group()
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+
+def _leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

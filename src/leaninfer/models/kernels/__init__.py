@@ -67,23 +67,25 @@ CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fno-fast-ma
 LDFLAGS = ("-fopenmp",)
 
 
-def build_dir() -> Path:
-    """The build folder, keyed on the sources' content and flags (two checkouts never rebuild each other's),
-    under `LEANINFER_KERNELS_DIR` when set, else the user cache's `kernels/`."""
-    import hashlib
-
+def kernels_root() -> Path:
+    """Where builds live: `LEANINFER_KERNELS_DIR` when set, else the user cache's `kernels/`."""
     from leaninfer.paths import cache_dir
+
+    root = os.environ.get("LEANINFER_KERNELS_DIR")
+    return Path(root) if root else cache_dir("kernels", create=False)
+
+
+def build_dir() -> Path:
+    """The build folder under `kernels_root()`, keyed on the sources' content and flags (two checkouts never
+    rebuild each other's)."""
+    import hashlib
 
     here = Path(__file__).parent
     flags = " ".join(CFLAGS + LDFLAGS).encode()
     digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in SOURCES) + flags).hexdigest()[:12]
-    name = f"torch-{torch.__version__.split('+')[0]}-{digest}"
-    root = os.environ.get("LEANINFER_KERNELS_DIR")
-    if root:
-        path = Path(root) / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return cache_dir("kernels", name)
+    path = kernels_root() / f"torch-{torch.__version__.split('+')[0]}-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _build() -> None:
